@@ -31,6 +31,7 @@ __all__ = [
     "classifier_name",
     "reset_head",
     "load_state_dict_file",
+    "default_input_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,20 @@ def _packaged_state_dict(arch: str, model: nn.Module) -> dict[str, torch.Tensor]
         mapped[dst_key] = tensor
     head = classifier_name(model)
     return {k: v for k, v in mapped.items() if not _under(k, head)}
+
+
+def default_input_size(name: str) -> int:
+    """The pretrained input side of a timm model, without building its weights.
+
+    Raises:
+        BioTuneError: unknown model name.
+    """
+    import timm
+
+    _check_model_name(name)
+    with torch.device("meta"):
+        cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
 
 
 def timm_reference_state(arch: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,37 @@
+"""BioTune: find which blocks of a pretrained classifier to fine-tune, and at what learning rate.
+
+The public API; everything else is private. See the README for examples.
+"""
+
+from ._version import __version__ as __version__
+from .config import DataConfig as DataConfig
+from .config import ModelConfig as ModelConfig
+from .config import PRESETS as PRESETS
+from .config import RunConfig as RunConfig
+from .config import RuntimeConfig as RuntimeConfig
+from .config import SearchConfig as SearchConfig
+from .config import TrainConfig as TrainConfig
+from .data import ImageDataset as ImageDataset
+from .data import SplitData as SplitData
+from .data import load_dataset as load_dataset
+from .data import preprocess as preprocess
+from .data import split_dataset as split_dataset
+from .errors import BioTuneError as BioTuneError
+from .evolution import MemeticEvolution as MemeticEvolution
+from .final import FinalResult as FinalResult
+from .fitness import FitnessEvaluator as FitnessEvaluator
+from .genome import decode as decode
+from .genome import full_finetune_genome as full_finetune_genome
+from .models import Block as Block
+from .models import build_model as build_model
+from .models import partition_model as partition_model
+from .pipeline import Configuration as Configuration
+from .pipeline import RunResult as RunResult
+from .pipeline import finetune as finetune
+from .pipeline import load_configuration as load_configuration
+from .pipeline import run as run
+from .search import SearchListener as SearchListener
+from .search import SearchResult as SearchResult
+from .trainer import FineTuner as FineTuner
+from .trainer import TrainResult as TrainResult
+from .trainer import param_groups as param_groups

@@ -1,0 +1,103 @@
+"""The final fine-tune: the chosen configuration on the full training set, scored on test."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data import SplitData
+from .genome import decode
+from .trainer import FineTuner
+
+__all__ = ["FinalRun", "FinalResult", "final_finetune", "mean_and_se"]
+
+
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n); 0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
+    return float(arr.mean()), se
+
+
+@dataclass(frozen=True)
+class FinalRun:
+    """One final run: best validation accuracy, and test accuracy at that epoch."""
+
+    seed: int
+    val_accuracy: float
+    test_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    diverged: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    """Test accuracy of a configuration over several runs.
+
+    Attributes:
+        genes: the configuration.
+        runs: each run.
+        test_accuracy_mean, test_accuracy_se: mean and standard error over runs.
+        trainable_percent: share of the model's parameters in trainable blocks, in %.
+    """
+
+    genes: tuple[float, ...]
+    runs: tuple[FinalRun, ...]
+    test_accuracy_mean: float
+    test_accuracy_se: float
+    val_accuracy_mean: float
+    trainable_percent: float
+
+
+def final_finetune(
+    finetuner: FineTuner,
+    data: SplitData,
+    tensors: Mapping[str, torch.Tensor],
+    genes: Sequence[float],
+    *,
+    base_lr: float,
+    seeds: Sequence[int],
+    done: Mapping[int, FinalRun] | None = None,
+    on_run: Callable[[FinalRun], None] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> FinalResult:
+    """Fine-tune ``genes`` on all training data once per seed; test at the best validation epoch.
+
+    Args:
+        done: runs already finished (by seed), e.g. from an interrupted run; not repeated.
+        on_run: called after each new run (to persist it).
+    """
+    decoded = decode(np.asarray(genes), base_lr)
+    device = finetuner.device
+    train = (tensors["x_train"], torch.as_tensor(data.y_train, device=device))
+    val = (tensors["x_val"], torch.as_tensor(data.y_val, device=device))
+    test = (tensors["x_test"], torch.as_tensor(data.y_test, device=device))
+    runs = []
+    for seed in seeds:
+        if done and seed in done:
+            runs.append(done[seed])
+            continue
+        result = finetuner.run(decoded.lrs, train, val, seed, keep_best=True, on_epoch=on_epoch)
+        test_acc = finetuner.evaluate(*test, state=result.best_state) if result.best_state is not None else 0.0
+        run = FinalRun(seed, result.best_val_accuracy, test_acc, result.best_epoch, result.epochs_run, result.seconds, result.diverged)
+        runs.append(run)
+        if on_run is not None:
+            on_run(run)
+    mean, se = mean_and_se([r.test_accuracy for r in runs])
+    return FinalResult(
+        genes=tuple(float(g) for g in genes),
+        runs=tuple(runs),
+        test_accuracy_mean=mean,
+        test_accuracy_se=se,
+        val_accuracy_mean=float(np.mean([r.val_accuracy for r in runs])),
+        trainable_percent=100.0 * finetuner.trainable_fraction(decoded.mask),
+    )

@@ -1,0 +1,402 @@
+"""The library's top-level calls: run a whole search, or apply a saved configuration.
+
+:func:`run` is what ``biotune search`` does: validate every input, prepare data and model,
+search, fine-tune the best configuration, write the run directory. :func:`finetune` is
+``biotune finetune``: apply a ``best.json`` (possibly to another dataset or seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
+from .data import SplitData, load_dataset, preprocess, split_dataset
+from .errors import BioTuneError
+from .evolution import MemeticEvolution
+from .final import FinalResult, FinalRun, final_finetune
+from .fitness import FitnessEvaluator
+from .genome import check_genome, decode
+from .models import Block, PretrainedModel, build_model, default_input_size, partition_model
+from .report import block_table, plot_convergence, plot_heatmap, write_history_csv, write_json
+from .search import SearchListener, SearchResult, run_search
+from .study import TrialStore, gene_names
+from .trainer import FineTuner, param_groups
+
+__all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration", "training_seeds", "Session"]
+
+logger = logging.getLogger(__name__)
+
+_SEARCH_SEEDS, _FINAL_SEEDS = 0, 1
+
+
+def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
+    """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
+    state = np.random.SeedSequence([seed, purpose]).generate_state(count)
+    return tuple(int(s) % (2**31 - 1) for s in state)
+
+
+@dataclass
+class Session:
+    """A model and a dataset made ready for training (built once, used by search and final)."""
+
+    pretrained: PretrainedModel
+    blocks: tuple[Block, ...]
+    data: SplitData
+    dataset_name: str
+    image_size: int
+    tensors: dict[str, torch.Tensor]
+    finetuner: FineTuner
+    context: str
+
+    @classmethod
+    def prepare(
+        cls,
+        model: ModelConfig,
+        data: DataConfig,
+        train: TrainConfig,
+        *,
+        n_folds: int,
+        seed: int,
+        runtime: RuntimeConfig,
+    ) -> "Session":
+        """Load the dataset, build and partition the model, split, preprocess once."""
+        device = runtime.resolve_device()
+        # The model's input size must be known before an ImageFolder is read.
+        default_size = default_input_size(model.name)
+        ds = load_dataset(data.dataset, image_size=data.image_size or default_size)
+        pm = build_model(model.name, ds.num_classes, weights=model.weights)
+        blocks = partition_model(pm.model, model.granularity, partition=model.partition)
+        split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
+        size = data.image_size or pm.input_size
+        tensors = {
+            name: preprocess(arr, image_size=size, mean=pm.mean, std=pm.std, channels_last=runtime.channels_last).to(device)
+            for name, arr in (("x_train", split.x_train), ("x_val", split.x_val), ("x_test", split.x_test))
+        }
+        finetuner = FineTuner(pm.model, blocks, train, device, channels_last=runtime.channels_last)
+        context = json.dumps(
+            {
+                "model": pm.name,
+                "weights": pm.weights,
+                "data": ds.fingerprint(),
+                "image_size": size,
+                "blocks": [b.name for b in blocks],
+                "train": train.to_dict(),
+                "val_fraction": data.val_fraction,
+                "seed": seed,
+                "n_folds": n_folds,
+            },
+            sort_keys=True,
+        )
+        return cls(pm, blocks, split, ds.name, size, tensors, finetuner, hashlib.sha1(context.encode()).hexdigest()[:16])
+
+    @property
+    def total_params(self) -> int:
+        return sum(b.num_params for b in self.blocks)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a search run produced (also on disk in ``run_dir``)."""
+
+    run_dir: Path
+    search: SearchResult
+    final: FinalResult
+    blocks: tuple[Block, ...]
+    best: dict[str, Any]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "run"
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
+
+
+def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name: str) -> Path:
+    """The run directory: a given one (checked), or the latest matching one under runs/, or a new one."""
+    wanted = _comparable(config.to_dict())
+    if run_dir is None:
+        stem = f"{_slug(dataset_name)}-{_slug(config.model.name)}"
+        base = Path("runs")
+        for existing in sorted(base.glob(f"{stem}-*"), reverse=True):
+            cfg = existing / "config.json"
+            try:
+                if cfg.is_file() and _comparable(json.loads(cfg.read_text())) == wanted:
+                    return existing
+            except (OSError, ValueError):
+                continue
+        return base / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(run_dir).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BioTuneError(f"--run-dir {path} exists and is not a directory")
+        cfg = path / "config.json"
+        if cfg.is_file():
+            try:
+                stored = _comparable(json.loads(cfg.read_text()))
+            except ValueError as err:
+                raise BioTuneError(f"--run-dir {path}: config.json is not valid JSON ({err})") from None
+            if stored != wanted:
+                from .study import _diff
+
+                diff = "; ".join(_diff(stored, wanted)[:5])
+                raise BioTuneError(
+                    f"--run-dir {path} holds a run with other settings ({diff}); "
+                    "choose another --run-dir or repeat the same settings to resume"
+                )
+        elif any(path.iterdir()):
+            raise BioTuneError(f"--run-dir {path} is not empty and holds no BioTune run (no config.json)")
+    return path
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BioTuneError(f"--run-dir {path} cannot be written ({err.strerror or err})") from None
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def run(
+    config: RunConfig | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    storage: str | None = None,
+    runtime: RuntimeConfig | None = None,
+    listener: SearchListener | None = None,
+) -> RunResult:
+    """Search, fine-tune the best configuration, and write the run directory.
+
+    Args:
+        config: the run settings (defaults: the paper's protocol on ``digits`` with
+            EfficientNet-Lite0).
+        run_dir: where outputs go; an existing run directory with the same settings is
+            resumed. ``None`` resumes the latest matching ``runs/<dataset>-<model>-*``
+            or starts a new timestamped one.
+        storage: an Optuna storage URL; default ``sqlite:///<run_dir>/study.db``.
+        runtime: device and memory-format settings (not part of the result).
+        listener: progress hooks.
+
+    Returns:
+        The search history, the final result and the ``best.json`` content.
+
+    Raises:
+        BioTuneError: any invalid input, before the run directory is touched.
+
+    Example:
+        >>> from biotune import RunConfig, PRESETS
+        >>> cfg = RunConfig().replace(**PRESETS["quick"])      # doctest: +SKIP
+        >>> result = run(cfg, run_dir="runs/demo")             # doctest: +SKIP
+        >>> result.best["test_accuracy_mean"]                  # doctest: +SKIP
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    listener = listener or SearchListener()
+    s = config.search
+    session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed, runtime=runtime)
+    path = _resolve_run_dir(run_dir, config, session.dataset_name)
+    _make_dir(path)
+    storage_url = storage or f"sqlite:///{(path / 'study.db').resolve()}"
+    study_name = f"biotune-{path.name}"
+    document = config.to_dict()
+    document["resolved"] = {
+        "weights": session.pretrained.weights,
+        "image_size": session.image_size,
+        "blocks": [b.name for b in session.blocks],
+        "n_folds": s.n_folds,
+        "search_seeds": list(training_seeds(s.seed, _SEARCH_SEEDS, s.seeds)),
+        "final_seeds": list(training_seeds(s.seed, _FINAL_SEEDS, s.final_runs)),
+        "storage": _redact(storage_url),
+        "study_name": study_name,
+        "device": str(session.finetuner.device),
+    }
+    if not (path / "config.json").is_file():
+        write_json(path / "config.json", document)
+    names = gene_names([b.name for b in session.blocks])
+    store = TrialStore(storage_url, study_name, names, _comparable(document))
+    engine = MemeticEvolution(
+        len(session.blocks),
+        population_size=s.population,
+        n_elites=s.elites,
+        generations=s.generations,
+        rng=np.random.default_rng(s.seed),
+    )
+    evaluator = FitnessEvaluator(
+        session.finetuner, session.data, session.tensors, training_seeds(s.seed, _SEARCH_SEEDS, s.seeds),
+        config.train.lr, session.context,
+    )
+    result = run_search(engine, evaluator, store, listener=listener)
+    write_history_csv(path / "history.csv", result.history, names)
+    plot_convergence(path / "convergence.png", result.generations)
+
+    final_path = path / "final_runs.json"
+    done = {}
+    if final_path.is_file():
+        for item in json.loads(final_path.read_text()):
+            if tuple(item.pop("genes")) == result.best_genes:
+                done[item["seed"]] = FinalRun(**item)
+    finished = list(done.values())
+
+    def save(run_: FinalRun) -> None:
+        finished.append(run_)
+        write_json(final_path, [{**r.to_dict(), "genes": list(result.best_genes)} for r in finished])
+        listener.on_final_run(run_)
+
+    final_seeds = training_seeds(s.seed, _FINAL_SEEDS, s.final_runs)
+    listener.on_final_start(len([x for x in final_seeds if x not in done]))
+    final = final_finetune(
+        session.finetuner, session.data, session.tensors, result.best_genes,
+        base_lr=config.train.lr, seeds=final_seeds, done=done, on_run=save, on_epoch=listener.on_epoch,
+    )
+    best = _best_document(session, config, result, final)
+    write_json(path / "best.json", best)
+    plot_heatmap(
+        path / "heatmap.png", [b.name for b in session.blocks],
+        [(f"{session.dataset_name}", [r["lr_multiplier"] for r in best["blocks"]])],
+        title=f"BioTune configuration: {config.model.name} on {session.dataset_name}",
+    )
+    return RunResult(path, result, final, session.blocks, best)
+
+
+def _best_document(session: Session, config: RunConfig, result: SearchResult, final: FinalResult) -> dict[str, Any]:
+    genes = list(result.best_genes)
+    return {
+        "genes": genes[:-1],
+        "threshold": genes[-1],
+        "blocks": block_table(session.blocks, genes, config.train.lr),
+        "fitness": result.best_fitness,
+        "val_accuracy_search": 1.0 - result.best_fitness,
+        "initial_population_mean_fitness": result.initial_mean_fitness,
+        "test_accuracy_mean": final.test_accuracy_mean,
+        "test_accuracy_se": final.test_accuracy_se,
+        "test_accuracies": [r.test_accuracy for r in final.runs],
+        "val_accuracy_final_mean": final.val_accuracy_mean,
+        "trainable_percent": final.trainable_percent,
+        "model": config.model.to_dict(),
+        "base_lr": config.train.lr,
+        "dataset": session.dataset_name,
+        "num_classes": session.pretrained.num_classes,
+        "image_size": session.image_size,
+        "weights": session.pretrained.weights,
+    }
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """A saved per-block configuration (the content of ``best.json`` that matters to reuse it).
+
+    Attributes:
+        genes: full genome, block genes then the threshold.
+        model: the model settings it was found for.
+        block_names: the partition's block names, to check a model matches.
+    """
+
+    genes: tuple[float, ...]
+    model: ModelConfig
+    block_names: tuple[str, ...]
+
+    def check_blocks(self, blocks: Sequence[Block], source: str = "configuration") -> None:
+        names = tuple(b.name for b in blocks)
+        if len(names) != len(self.block_names):
+            raise BioTuneError(
+                f"{source} has {len(self.block_names)} blocks but model {self.model.name!r} "
+                f"({self.model.granularity}) has {len(names)}"
+            )
+        if names != self.block_names:
+            bad = next(i for i, (a, b) in enumerate(zip(names, self.block_names)) if a != b)
+            raise BioTuneError(
+                f"{source} does not fit this model: block {bad} is {self.block_names[bad]!r} there, {names[bad]!r} here"
+            )
+
+    def param_groups(self, model: torch.nn.Module, base_lr: float) -> list[dict]:
+        """Parameter groups for any torch optimizer: one per trainable block at λ_b.
+
+        Example:
+            >>> cfg = load_configuration("runs/demo/best.json")         # doctest: +SKIP
+            >>> opt = torch.optim.Adam(cfg.param_groups(model, 1e-3))  # doctest: +SKIP
+        """
+        blocks = partition_model(model, self.model.granularity, partition=self.model.partition)
+        self.check_blocks(blocks)
+        return param_groups(model, blocks, decode(np.asarray(self.genes), base_lr).lrs)
+
+
+def load_configuration(path: str | Path) -> Configuration:
+    """Read a ``best.json`` written by :func:`run`.
+
+    Raises:
+        BioTuneError: missing file, invalid JSON, missing keys, invalid genome.
+    """
+    path = Path(path).expanduser()
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BioTuneError(f"--config {path} does not exist") from None
+    except (OSError, ValueError) as err:
+        raise BioTuneError(f"--config {path} is not a readable JSON file ({err})") from None
+    missing = [k for k in ("genes", "threshold", "blocks", "model") if k not in doc]
+    if not isinstance(doc, dict) or missing:
+        raise BioTuneError(f"--config {path} is not a BioTune best.json (missing {', '.join(missing)})")
+    try:
+        genes = check_genome(list(doc["genes"]) + [doc["threshold"]], len(doc["blocks"]))
+        decode(genes, 1.0)
+        model = ModelConfig.from_dict(doc["model"])
+        names = tuple(b["name"] for b in doc["blocks"])
+    except (TypeError, KeyError) as err:
+        raise BioTuneError(f"--config {path}: malformed ({err})") from None
+    except BioTuneError as err:
+        raise BioTuneError(f"--config {path}: {err}") from None
+    return Configuration(tuple(float(g) for g in genes), model, names)
+
+
+def finetune(
+    configuration: Configuration | str | Path,
+    *,
+    data: DataConfig | None = None,
+    train: TrainConfig | None = None,
+    runs: int = 3,
+    seed: int = 0,
+    weights: str | None = None,
+    runtime: RuntimeConfig | None = None,
+    listener: SearchListener | None = None,
+) -> tuple[FinalResult, tuple[Block, ...], Session]:
+    """Fine-tune with a saved configuration on a dataset; test accuracy over ``runs`` seeds.
+
+    Args:
+        configuration: a :class:`Configuration` or the path of a ``best.json``.
+        data: the dataset (default ``digits``); may differ from the one searched on.
+        train: training settings (default: the paper's protocol).
+        runs: number of runs (seeds).
+        seed: run seed (splits and training seeds).
+        weights: override the configuration's weights source.
+    """
+    cfg = configuration if isinstance(configuration, Configuration) else load_configuration(configuration)
+    model = cfg.model if weights is None else ModelConfig(**{**cfg.model.to_dict(), "weights": weights, "partition": cfg.model.partition})
+    train = train or TrainConfig()
+    if runs < 1:
+        raise BioTuneError(f"`runs` must be at least 1, got {runs}")
+    session = Session.prepare(model, data or DataConfig(), train, n_folds=1, seed=seed, runtime=runtime or RuntimeConfig())
+    cfg.check_blocks(session.blocks, "--config")
+    listener = listener or SearchListener()
+    listener.on_final_start(runs)
+    result = final_finetune(
+        session.finetuner, session.data, session.tensors, cfg.genes, base_lr=train.lr,
+        seeds=training_seeds(seed, _FINAL_SEEDS, runs), on_run=listener.on_final_run, on_epoch=listener.on_epoch,
+    )
+    return result, session.blocks, session

@@ -1,0 +1,253 @@
+"""One fine-tuning run: per-block parameter groups, frozen blocks in eval mode, early stopping.
+
+:class:`FineTuner` holds one model and its pretrained weights; each :meth:`FineTuner.run`
+restores those weights, seeds a fresh head, trains the blocks whose learning rate is positive
+(Adam, one parameter group per block, cosine schedule over the epoch budget, cross-entropy,
+no augmentation) and returns a :class:`TrainResult`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .errors import BioTuneError
+from .models import Block, reset_head
+
+__all__ = ["TrainResult", "FineTuner", "param_groups", "evaluate_accuracy"]
+
+logger = logging.getLogger(__name__)
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def param_groups(model: nn.Module, blocks: Sequence[Block], lrs: Sequence[float]) -> list[dict]:
+    """Optimizer parameter groups, one per trainable block, addressed by parameter name.
+
+    Frozen blocks (LR 0) are left out. Each group carries ``name`` (the block) and ``lr``;
+    pass the list to any ``torch.optim`` optimizer.
+
+    Example:
+        >>> import timm, torch
+        >>> from biotune.models import partition_model
+        >>> m = timm.create_model("resnet18", num_classes=3)
+        >>> blocks = partition_model(m, "stage")
+        >>> groups = param_groups(m, blocks, [0, 0, 0, 0, 1e-4, 1e-3])
+        >>> opt = torch.optim.Adam(groups)
+        >>> [g["name"] for g in opt.param_groups]
+        ['layer4', 'fc']
+    """
+    if len(lrs) != len(blocks):
+        raise BioTuneError(f"got {len(lrs)} learning rates for {len(blocks)} blocks")
+    params = dict(model.named_parameters())
+    groups = []
+    for block, lr in zip(blocks, lrs):
+        if lr > 0:
+            groups.append({"name": block.name, "lr": float(lr), "params": [params[n] for n in block.param_names]})
+    return groups
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on preprocessed tensors."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one run produced.
+
+    Attributes:
+        seed: the run's seed (head initialisation, batch order, dropout).
+        best_val_accuracy: best validation accuracy over the epochs run (the run's score).
+        best_epoch: epoch (1-based) of that accuracy.
+        epochs_run: epochs trained before early stopping or the budget ended.
+        val_accuracies, train_losses: per-epoch history.
+        seconds: wall time.
+        diverged: the loss became NaN or infinite; training stopped there.
+        best_state: weights at the best epoch, kept only when asked for.
+    """
+
+    seed: int
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    val_accuracies: tuple[float, ...]
+    train_losses: tuple[float, ...]
+    seconds: float
+    diverged: bool = False
+    best_state: dict | None = field(default=None, repr=False, compare=False)
+
+
+class FineTuner:
+    """Fine-tunes one pretrained model again and again from the same starting weights.
+
+    Args:
+        model: the model, head already sized for the task; its current weights are the
+            starting point of every run.
+        blocks: the model's partition (see :func:`biotune.models.partition_model`).
+        config: epochs, patience, batch size, BatchNorm treatment.
+        device: where to train; data given to :meth:`run` must be there already.
+        channels_last: use the NHWC memory format for the model.
+
+    Example:
+        >>> import timm, torch
+        >>> from biotune.models import partition_model
+        >>> m = timm.create_model("resnet18", num_classes=2)
+        >>> ft = FineTuner(m, partition_model(m), TrainConfig(epochs=1), torch.device("cpu"))
+        >>> x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+        >>> r = ft.run([0, 0, 0, 0, 0, 1e-3], (x, y), (x, y), seed=0)
+        >>> 0.0 <= r.best_val_accuracy <= 1.0
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[Block],
+        config: TrainConfig,
+        device: torch.device,
+        *,
+        channels_last: bool = True,
+    ) -> None:
+        self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.blocks = tuple(blocks)
+        self.config = config
+        self.device = device
+        self._initial = copy.deepcopy(self.model.state_dict())
+        modules = dict(self.model.named_modules())
+        self._block_modules = [[modules[p] for p in b.prefixes if p in modules] for b in self.blocks]
+        self._params = dict(self.model.named_parameters())
+
+    def _configure(self, mask: Sequence[bool]) -> None:
+        """Set requires_grad and train/eval mode per block."""
+        self.model.train()
+        for block, modules, trainable in zip(self.blocks, self._block_modules, mask):
+            for name in block.param_names:
+                self._params[name].requires_grad_(trainable)
+            for module in modules:
+                if not trainable:
+                    module.eval()
+                elif not self.config.train_bn:
+                    for sub in module.modules():
+                        if isinstance(sub, _BN_TYPES):
+                            sub.eval()
+
+    def restore(self, seed: int) -> None:
+        """Reset to the pretrained weights with a head initialised from ``seed``."""
+        self.model.load_state_dict(self._initial)
+        reset_head(self.model, torch.Generator(device="cpu").manual_seed(seed))
+
+    def run(
+        self,
+        lrs: Sequence[float],
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        seed: int,
+        *,
+        keep_best: bool = False,
+        on_epoch: Callable[[int, float, float], None] | None = None,
+    ) -> TrainResult:
+        """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
+
+        Args:
+            lrs: one learning rate per block.
+            train, val: preprocessed ``(images, labels)`` tensors on the training device.
+            seed: seeds the head, the batch order and dropout; same seed, same result.
+            keep_best: keep the weights of the best epoch in the result (``best_state``).
+            on_epoch: called as ``on_epoch(epoch, val_accuracy, train_loss)``.
+
+        Raises:
+            BioTuneError: every learning rate is 0 or the wrong number is given.
+        """
+        if len(lrs) != len(self.blocks):
+            raise BioTuneError(f"got {len(lrs)} learning rates for {len(self.blocks)} blocks")
+        mask = [lr > 0 for lr in lrs]
+        if not any(mask):
+            raise BioTuneError("every block is frozen: at least one learning rate must be positive")
+        cfg = self.config
+        x_train, y_train = train
+        start = time.perf_counter()
+        # fork_rng scopes the global RNG (used by dropout) to this run and restores it after.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            self.restore(seed)
+            self._configure(mask)
+            optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
+            steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+            shuffle = torch.Generator(device="cpu").manual_seed(seed)
+            loss_fn = nn.CrossEntropyLoss()
+            best, best_epoch, best_state, stale, diverged = -1.0, 0, None, 0, False
+            val_hist: list[float] = []
+            loss_hist: list[float] = []
+            for epoch in range(1, cfg.epochs + 1):
+                self._configure(mask)
+                order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
+                total, count = 0.0, 0
+                for i in range(0, len(order), cfg.batch_size):
+                    idx = order[i : i + cfg.batch_size]
+                    loss = loss_fn(self.model(x_train[idx]), y_train[idx])
+                    if not torch.isfinite(loss):
+                        diverged = True
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total += loss.item() * len(idx)
+                    count += len(idx)
+                if diverged:
+                    logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
+                    break
+                acc = evaluate_accuracy(self.model, *val)
+                val_hist.append(acc)
+                loss_hist.append(total / max(1, count))
+                if on_epoch is not None:
+                    on_epoch(epoch, acc, loss_hist[-1])
+                if acc > best:
+                    best, best_epoch, stale = acc, epoch, 0
+                    if keep_best:
+                        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+        return TrainResult(
+            seed=seed,
+            best_val_accuracy=max(best, 0.0),
+            best_epoch=best_epoch,
+            epochs_run=len(val_hist),
+            val_accuracies=tuple(val_hist),
+            train_losses=tuple(loss_hist),
+            seconds=time.perf_counter() - start,
+            diverged=diverged,
+            best_state=best_state,
+        )
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
+        """Accuracy on ``(x, y)``, after loading ``state`` when given."""
+        if state is not None:
+            self.model.load_state_dict(state)
+        return evaluate_accuracy(self.model, x, y)
+
+    def trainable_fraction(self, mask: Sequence[bool]) -> float:
+        """Share of the model's parameters inside trainable blocks."""
+        total = sum(b.num_params for b in self.blocks)
+        return sum(b.num_params for b, m in zip(self.blocks, mask) if m) / total
+
