@@ -186,7 +186,7 @@ def _read_image(path: Path, size: int) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(img, dtype=np.float64)
                 peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8), mode="L")
+                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
             img = img.convert("RGB")
     except Exception as err:  # PIL raises many types for bad files
         raise BioTuneError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
