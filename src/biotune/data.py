@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +158,8 @@ def _load_digits() -> ImageDataset:
 def _load_npz(path: Path) -> ImageDataset:
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise BioTuneError(f"{path}: not a readable .npz file ({err})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise BioTuneError(f"{path}: not a readable .npz file ({type(err).__name__}: {err})") from None
     with archive:
         try:
             keys = set(archive.files)
@@ -171,7 +172,7 @@ def _load_npz(path: Path) -> ImageDataset:
             classes = archive["classes"]
         except ValueError as err:  # an object array would need pickle: refused
             raise BioTuneError(f"{path}: {err} (object arrays are refused: they could run code)") from None
-        except (OSError, EOFError, KeyError) as err:
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
             raise BioTuneError(f"{path}: corrupt .npz file ({err})") from None
     return _make_dataset(path.stem, str(path), classes.tolist(), splits)
 

@@ -108,8 +108,7 @@ def plot_heatmap(
 
     values = np.array([[float(m) for m in mult] for _, mult in rows])
     masked = np.ma.masked_where(values <= 0, values)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
     width = max(6.0, 0.55 * len(block_names) + 2.5)
     fig, ax = plt.subplots(figsize=(width, 1.2 + 0.6 * len(rows)))
     im = ax.imshow(masked, cmap=cmap, norm=LogNorm(vmin=0.1, vmax=10.0), aspect="auto")

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+
+from biotune.config import TrainConfig
+from biotune.errors import BioTuneError
+from biotune.models import build_model, partition_model
+from biotune.trainer import FineTuner, param_groups
+
+
+@pytest.fixture
+def tuner():
+    pm = build_model("test_efficientnet", 3, weights="random")
+    blocks = partition_model(pm.model, "stage")
+    return FineTuner(pm.model, blocks, TrainConfig(epochs=2, patience=1, batch_size=8), torch.device("cpu"))
+
+
+def _data(n=24):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.arange(n) % 3
+
+
+def test_frozen_blocks_unchanged_in_eval_mode_and_trainable_move(tuner):
+    x, y = _data()
+    lrs = [0.0] * (len(tuner.blocks) - 2) + [1e-2, 1e-2]
+    before = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+    seen_modes = {}
+
+    def record(epoch, acc, loss):
+        tuner._configure([lr > 0 for lr in lrs])
+        for b, mods in zip(tuner.blocks, tuner._block_modules):
+            seen_modes[b.name] = [m.training for m in mods]
+
+    tuner.run(lrs, (x, y), (x, y), seed=0, on_epoch=record)
+    after = tuner.model.state_dict()
+    frozen = tuner.blocks[:-2]
+    for b in frozen:
+        assert not any(seen_modes[b.name])  # eval mode: BatchNorm statistics do not move
+        for k in before:
+            if b.owns(k):
+                assert torch.equal(before[k], after[k]), k
+    moved = [k for k in before if tuner.blocks[-2].owns(k) and not torch.equal(before[k], after[k])]
+    assert moved
+
+
+def test_same_seed_same_result_other_seed_differs(tuner):
+    x, y = _data()
+    lrs = [1e-3] * len(tuner.blocks)
+    a = tuner.run(lrs, (x, y), (x, y), seed=4)
+    b = tuner.run(lrs, (x, y), (x, y), seed=4)
+    c = tuner.run(lrs, (x, y), (x, y), seed=5)
+    assert a.val_accuracies == b.val_accuracies and a.train_losses == b.train_losses
+    assert a.train_losses != c.train_losses
+
+
+def test_early_stopping_and_best_state(tuner):
+    x, y = _data()
+    r = tuner.run([1e-3] * len(tuner.blocks), (x, y), (x, y), seed=0, keep_best=True)
+    assert 1 <= r.epochs_run <= 2 and r.best_epoch >= 1 and r.best_state is not None
+    assert r.best_val_accuracy == max(r.val_accuracies)
+
+
+def test_all_frozen_refused(tuner):
+    x, y = _data()
+    with pytest.raises(BioTuneError, match="every block is frozen"):
+        tuner.run([0.0] * len(tuner.blocks), (x, y), (x, y), seed=0)
+
+
+def test_diverging_run_is_flagged(tuner):
+    x, y = _data()
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    r = tuner.run([1e-3] * len(tuner.blocks), (x, y), (x, y), seed=0)
+    assert r.diverged
+
+
+def test_param_groups_by_name_skip_frozen():
+    pm = build_model("resnet18", 3, weights="random")
+    blocks = partition_model(pm.model, "stage")
+    groups = param_groups(pm.model, blocks, [0, 0, 0, 0, 1e-4, 1e-3])
+    assert [g["name"] for g in groups] == ["layer4", "fc"]
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    assert {id(p) for p in groups[1]["params"]} == {id(pm.model.fc.weight), id(pm.model.fc.bias)}
+    torch.optim.Adam(groups)
