@@ -150,3 +150,11 @@ def test_reset_head_is_seeded():
     assert torch.equal(a, m.fc.weight)
     reset_head(m, torch.Generator().manual_seed(6))
     assert not torch.equal(a, m.fc.weight)
+
+
+def test_random_weights_are_seeded():
+    a = build_model("test_efficientnet", 3, weights="random").model.state_dict()
+    b = build_model("test_efficientnet", 3, weights="random").model.state_dict()
+    c = build_model("test_efficientnet", 3, weights="random", seed=1).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -255,7 +255,19 @@ def timm_reference_state(arch: str) -> dict[str, torch.Tensor]:
         return timm.create_model(arch, pretrained=False).state_dict()
 
 
-def build_model(name: str, num_classes: int, *, weights: str = "auto") -> PretrainedModel:
+def _create(name: str, *, seed: int, **kwargs) -> nn.Module:
+    """timm.create_model with its random initialisation drawn from ``seed``.
+
+    fork_rng scopes the seeding: the caller's global RNG state is restored afterwards.
+    """
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(name, **kwargs)
+
+
+def build_model(name: str, num_classes: int, *, weights: str = "auto", seed: int = 0) -> PretrainedModel:
     """Build a timm model with pretrained weights and a fresh head for ``num_classes``.
 
     Args:
@@ -263,6 +275,8 @@ def build_model(name: str, num_classes: int, *, weights: str = "auto") -> Pretra
         num_classes: number of target classes K.
         weights: ``"auto"``, ``"hub"``, ``"random"`` or a state-dict file path; see
             :class:`~biotune.config.ModelConfig`.
+        seed: seed of the random initialisation (all of it with ``"random"``, else the
+            parts the weights do not cover); the same seed builds the same model.
 
     Raises:
         BioTuneError: unknown model, unreadable or ill-fitting weights, hub unreachable.
@@ -278,7 +292,7 @@ def build_model(name: str, num_classes: int, *, weights: str = "auto") -> Pretra
         raise BioTuneError(f"`num_classes` must be an integer of at least 2, got {num_classes!r}")
     _check_model_name(name)
     arch = name.split(".")[0]
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    model = _create(name, seed=seed, pretrained=False, num_classes=num_classes)
     cfg = model.pretrained_cfg
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     state = None
@@ -291,7 +305,7 @@ def build_model(name: str, num_classes: int, *, weights: str = "auto") -> Pretra
             mean, std = _PACKAGED_MEAN_STD
         else:
             try:
-                model = timm.create_model(name, pretrained=True, num_classes=num_classes)
+                model = _create(name, seed=seed, pretrained=True, num_classes=num_classes)
             except Exception as err:  # network, hub and missing-weights errors of all kinds
                 raise BioTuneError(
                     f"cannot fetch pretrained weights for {name!r} from the hub ({type(err).__name__}: {err}); "

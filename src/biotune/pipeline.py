@@ -74,7 +74,7 @@ class Session:
         # The model's input size must be known before an ImageFolder is read.
         default_size = default_input_size(model.name)
         ds = load_dataset(data.dataset, image_size=data.image_size or default_size)
-        pm = build_model(model.name, ds.num_classes, weights=model.weights)
+        pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
         size = data.image_size or pm.input_size
