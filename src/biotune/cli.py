@@ -12,7 +12,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import PRESETS, DataConfig, ModelConfig, RunConfig, RuntimeConfig, SearchConfig, TrainConfig
+from .config import PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
 from .errors import BioTuneError
 from .report import format_block_table, block_table
 from .search import SearchListener

@@ -286,7 +286,6 @@ def build_model(name: str, num_classes: int, *, weights: str = "auto", seed: int
         >>> pm.model.fc.out_features
         10
     """
-    import timm
 
     if not isinstance(num_classes, int) or num_classes < 2:
         raise BioTuneError(f"`num_classes` must be an integer of at least 2, got {num_classes!r}")

@@ -99,10 +99,6 @@ class Session:
         )
         return cls(pm, blocks, split, ds.name, size, tensors, finetuner, hashlib.sha1(context.encode()).hexdigest()[:16])
 
-    @property
-    def total_params(self) -> int:
-        return sum(b.num_params for b in self.blocks)
-
 
 @dataclass(frozen=True)
 class RunResult:

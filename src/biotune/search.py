@@ -106,8 +106,10 @@ def run_search(
     listener = listener or SearchListener()
     n_folds = evaluator.data.n_folds
     stored = store.completed()
-    for item in stored.values():
-        evaluator.remember(np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)))
+    evaluator.preload(
+        (np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)))
+        for item in stored.values()
+    )
     if stored:
         logger.info("resuming: %d finished evaluations found in the study", len(stored))
     start = time.perf_counter()
