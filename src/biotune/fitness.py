@@ -86,18 +86,22 @@ class FitnessEvaluator:
         self.context = context
         self._memo: dict[tuple, float] = {}
 
+    def _key(self, decoded, fold: int, seed: int) -> tuple:
+        return (self.context, decoded.mask, decoded.lrs, int(fold), int(seed))
+
     def key(self, genome: np.ndarray, fold: int, seed: int) -> tuple:
         """Memo key of one run."""
-        decoded = decode(genome, self.base_lr)
-        return (self.context, decoded.mask, decoded.lrs, int(fold), int(seed))
+        return self._key(decode(genome, self.base_lr), fold, seed)
 
     def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float]) -> None:
         """Preload results of earlier runs (e.g. from the study on resume)."""
+        decoded = decode(genome, self.base_lr)
         for seed, acc in accuracies.items():
-            self._memo[self.key(genome, fold, int(seed))] = float(acc)
+            self._memo[self._key(decoded, fold, seed)] = float(acc)
 
     def is_memoised(self, genome: np.ndarray, fold: int) -> bool:
-        return all(self.key(genome, fold, s) in self._memo for s in self.seeds)
+        decoded = decode(genome, self.base_lr)
+        return all(self._key(decoded, fold, s) in self._memo for s in self.seeds)
 
     def evaluate(
         self,
@@ -113,7 +117,7 @@ class FitnessEvaluator:
         train = (self._x_train[idx], self._y_train[idx])
         accuracies, seconds, trained, diverged = [], 0.0, 0, False
         for seed in self.seeds:
-            key = (self.context, decoded.mask, decoded.lrs, int(fold), seed)
+            key = self._key(decoded, fold, seed)
             if key not in self._memo:
                 result = self.finetuner.run(decoded.lrs, train, self._val, seed, on_epoch=on_epoch)
                 self._memo[key] = result.best_val_accuracy

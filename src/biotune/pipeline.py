@@ -7,6 +7,7 @@ search, fine-tune the best configuration, write the run directory. :func:`finetu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -388,7 +389,7 @@ def finetune(
         weights: override the configuration's weights source.
     """
     cfg = configuration if isinstance(configuration, Configuration) else load_configuration(configuration)
-    model = cfg.model if weights is None else ModelConfig(**{**cfg.model.to_dict(), "weights": weights, "partition": cfg.model.partition})
+    model = cfg.model if weights is None else dataclasses.replace(cfg.model, weights=weights)
     train = train or TrainConfig()
     if runs < 1:
         raise BioTuneError(f"`runs` must be at least 1, got {runs}")
