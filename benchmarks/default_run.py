@@ -10,11 +10,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
-from biotune import PRESETS, RunConfig, full_finetune_genome, run
+from biotune import PRESETS, RunConfig, RuntimeConfig, full_finetune_genome, run
+from biotune.executor import LocalExecutor
 from biotune.final import final_finetune
-from biotune.pipeline import Session, training_seeds
+from biotune.session import FINAL_SEEDS, Session, training_seeds
 
 
 def main() -> int:
@@ -30,9 +29,9 @@ def main() -> int:
           f"({best['trainable_percent']:.1f}% trainable)")
     s = config.search
     session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed,
-                              runtime=__import__("biotune").RuntimeConfig())
-    ft = final_finetune(session.finetuner, session.data, session.tensors, full_finetune_genome(len(session.blocks)),
-                        base_lr=config.train.lr, seeds=training_seeds(s.seed, 1, s.final_runs))
+                              runtime=RuntimeConfig())
+    ft = final_finetune(LocalExecutor(session), full_finetune_genome(len(session.blocks)), session.blocks,
+                        base_lr=config.train.lr, seeds=training_seeds(s.seed, FINAL_SEEDS, s.final_runs))
     print(f"full fine-tuning (FT) test : {100 * ft.test_accuracy_mean:.2f} ± {100 * ft.test_accuracy_se:.2f} "
           f"(same {config.train.epochs} epochs, same seeds, 100% trainable)")
     print(f"BioTune - FT               : {100 * (best['test_accuracy_mean'] - ft.test_accuracy_mean):+.2f} points")

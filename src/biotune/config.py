@@ -23,6 +23,7 @@ __all__ = [
     "RuntimeConfig",
     "PRESETS",
     "GRANULARITIES",
+    "EXECUTORS",
 ]
 
 GRANULARITIES = ("stage", "block")
@@ -231,6 +232,9 @@ class RunConfig:
         return RunConfig(**parts)
 
 
+EXECUTORS = ("local", "processes", "ray")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how a run executes; never persisted, never changes a result's meaning.
@@ -238,10 +242,53 @@ class RuntimeConfig:
     Attributes:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         channels_last: store images and weights in NHWC memory format (faster on CPU and GPU).
+        amp: bf16 autocast on CUDA (ignored on CPU, where it did not help).
+        compile: run the model through ``torch.compile``.
+        cache_memory: budget of the exact frozen-prefix cache per process, e.g. ``"2G"``,
+            ``"512M"``; ``"0"`` turns it off.
+        threads: intra-op CPU threads per process (default: torch's choice locally, the
+            cores shared out between processes).
+        executor: ``"local"`` (sequential, in this process), ``"processes"`` (one worker
+            process per device, or ``workers`` CPU processes) or ``"ray"`` (each run a Ray
+            task; needs ``biotune[ray]``).
+        workers: number of worker processes / concurrent Ray tasks.
+        devices: devices of the workers, e.g. ``("cuda:0", "cuda:1")``; one worker each.
+        ray_address: address of an existing Ray cluster; ``None`` starts a local instance
+            listening on the loopback address only.
     """
 
     device: str = "auto"
     channels_last: bool = True
+    amp: bool = True
+    compile: bool = False
+    cache_memory: str = "2G"
+    threads: int | None = None
+    executor: str = "local"
+    workers: int | None = None
+    devices: tuple[str, ...] | None = None
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        from .prefix import parse_memory
+
+        if self.executor not in EXECUTORS:
+            raise BioTuneError(f"`executor` must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.workers is not None:
+            _check_int("workers", self.workers, 1, 1024)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1, 1024)
+        if self.devices is not None and (not self.devices or not all(isinstance(d, str) and d for d in self.devices)):
+            raise BioTuneError(f"`devices` must be a non-empty list of device names, got {self.devices!r}")
+        try:
+            parse_memory(self.cache_memory)
+        except ValueError as err:
+            raise BioTuneError(f"`cache_memory`: {err}") from None
+
+    @property
+    def cache_bytes(self) -> int:
+        from .prefix import parse_memory
+
+        return parse_memory(self.cache_memory)
 
     def resolve_device(self):
         import torch

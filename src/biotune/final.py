@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from .data import SplitData
+from .executor import Executor
 from .genome import decode
-from .trainer import FineTuner
+from .models import Block
+from .session import RunOutcome, RunRequest
 
 __all__ = ["FinalRun", "FinalResult", "final_finetune", "mean_and_se"]
 
@@ -59,10 +59,9 @@ class FinalResult:
 
 
 def final_finetune(
-    finetuner: FineTuner,
-    data: SplitData,
-    tensors: Mapping[str, torch.Tensor],
+    executor: Executor,
     genes: Sequence[float],
+    blocks: Sequence[Block],
     *,
     base_lr: float,
     seeds: Sequence[int],
@@ -73,31 +72,33 @@ def final_finetune(
     """Fine-tune ``genes`` on all training data once per seed; test at the best validation epoch.
 
     Args:
+        executor: performs the runs (in parallel when it can).
+        blocks: the model's partition (for the trainable share).
         done: runs already finished (by seed), e.g. from an interrupted run; not repeated.
         on_run: called after each new run (to persist it).
     """
     decoded = decode(np.asarray(genes), base_lr)
-    device = finetuner.device
-    train = (tensors["x_train"], torch.as_tensor(data.y_train, device=device))
-    val = (tensors["x_val"], torch.as_tensor(data.y_val, device=device))
-    test = (tensors["x_test"], torch.as_tensor(data.y_test, device=device))
-    runs = []
-    for seed in seeds:
-        if done and seed in done:
-            runs.append(done[seed])
-            continue
-        result = finetuner.run(decoded.lrs, train, val, seed, keep_best=True, on_epoch=on_epoch)
-        test_acc = finetuner.evaluate(*test, state=result.best_state) if result.best_state is not None else 0.0
-        run = FinalRun(seed, result.best_val_accuracy, test_acc, result.best_epoch, result.epochs_run, result.seconds, result.diverged)
-        runs.append(run)
+    done = dict(done or {})
+    todo = [s for s in seeds if s not in done]
+
+    def finished(i: int, outcome: RunOutcome) -> None:
+        run = FinalRun(
+            todo[i], outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
+            outcome.epochs_run, outcome.seconds, outcome.diverged,
+        )
+        done[run.seed] = run
         if on_run is not None:
             on_run(run)
+
+    executor.run([RunRequest(tuple(decoded.lrs), None, s) for s in todo], finished, on_epoch)
+    runs = [done[s] for s in seeds]
     mean, se = mean_and_se([r.test_accuracy for r in runs])
+    total = sum(b.num_params for b in blocks)
     return FinalResult(
         genes=tuple(float(g) for g in genes),
         runs=tuple(runs),
         test_accuracy_mean=mean,
         test_accuracy_se=se,
         val_accuracy_mean=float(np.mean([r.val_accuracy for r in runs])),
-        trainable_percent=100.0 * finetuner.trainable_fraction(decoded.mask),
+        trainable_percent=100.0 * sum(b.num_params for b, m in zip(blocks, decoded.mask) if m) / total,
     )

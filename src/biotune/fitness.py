@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 
-from .data import SplitData
+from .executor import Executor, OnEpoch
 from .genome import decode
-from .trainer import FineTuner, TrainResult
+from .session import RunOutcome, RunRequest
 
 __all__ = ["Evaluation", "FitnessEvaluator", "fitness_from_accuracies"]
 
@@ -55,86 +54,98 @@ class Evaluation:
 class FitnessEvaluator:
     """Evaluates genomes: folds × seeds of fine-tuning runs → Φ, with a memo.
 
+    Runs are performed by an executor (in this process or in parallel); the memo and the
+    bookkeeping stay here, in the calling process.
+
     Args:
-        finetuner: runs the fine-tuning.
-        data: splits and folds (numpy).
-        tensors: preprocessed ``x_train``/``x_val`` tensors on the training device, the
-            same order as ``data``.
+        executor: performs the runs (see :mod:`biotune.executor`).
+        n_folds: number of folds of the training data.
         seeds: training seeds of one evaluation.
         base_lr: λ⁰.
         context: a string identifying model, weights, data and training settings.
     """
 
-    def __init__(
-        self,
-        finetuner: FineTuner,
-        data: SplitData,
-        tensors: dict[str, torch.Tensor],
-        seeds: Sequence[int],
-        base_lr: float,
-        context: str,
-    ) -> None:
-        self.finetuner = finetuner
-        self.data = data
-        device = finetuner.device
-        self._x_train = tensors["x_train"]
-        self._y_train = torch.as_tensor(data.y_train, device=device)
-        self._val = (tensors["x_val"], torch.as_tensor(data.y_val, device=device))
-        self._folds = [torch.as_tensor(f, device=device) for f in data.folds]
+    def __init__(self, executor: Executor, n_folds: int, seeds: Sequence[int], base_lr: float, context: str) -> None:
+        self.executor = executor
+        self.n_folds = int(n_folds)
         self.seeds = tuple(int(s) for s in seeds)
         self.base_lr = base_lr
         self.context = context
-        self._memo: dict[tuple, float] = {}
+        self._memo: dict[tuple, RunOutcome] = {}
 
     def _key(self, decoded, fold: int, seed: int) -> tuple:
         return (self.context, decoded.mask, decoded.lrs, int(fold), int(seed))
 
-    def key(self, genome: np.ndarray, fold: int, seed: int) -> tuple:
-        """Memo key of one run."""
-        return self._key(decode(genome, self.base_lr), fold, seed)
+    def run_keys(self, genome: np.ndarray, fold: int) -> tuple[tuple, ...]:
+        """Memo keys of the runs of one evaluation, in seed order."""
+        decoded = decode(genome, self.base_lr)
+        return tuple(self._key(decoded, fold, s) for s in self.seeds)
 
     def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float]) -> None:
         """Preload results of earlier runs (e.g. from the study on resume)."""
         decoded = decode(genome, self.base_lr)
         for seed, acc in accuracies.items():
-            self._memo[self._key(decoded, fold, seed)] = float(acc)
+            self._memo[self._key(decoded, fold, seed)] = RunOutcome(float(acc), 0, 0, 0.0, False)
 
     def is_memoised(self, genome: np.ndarray, fold: int) -> bool:
-        decoded = decode(genome, self.base_lr)
-        return all(self._key(decoded, fold, s) in self._memo for s in self.seeds)
+        return all(k in self._memo for k in self.run_keys(genome, fold))
 
-    def evaluate(
-        self,
-        genome: np.ndarray,
-        fold: int,
-        *,
-        on_run: Callable[[TrainResult], None] | None = None,
-        on_epoch: Callable[[int, float, float], None] | None = None,
-    ) -> Evaluation:
+    def evaluate(self, genome: np.ndarray, fold: int, *, on_epoch: OnEpoch | None = None) -> Evaluation:
         """Φ of ``genome`` trained on ``fold``, each seed's run memoised."""
-        decoded = decode(genome, self.base_lr)
-        idx = self._folds[fold]
-        train = (self._x_train[idx], self._y_train[idx])
-        accuracies, seconds, trained, diverged = [], 0.0, 0, False
-        for seed in self.seeds:
-            key = self._key(decoded, fold, seed)
-            if key not in self._memo:
-                result = self.finetuner.run(decoded.lrs, train, self._val, seed, on_epoch=on_epoch)
-                self._memo[key] = result.best_val_accuracy
-                seconds += result.seconds
-                trained += 1
-                diverged |= result.diverged
-                if on_run is not None:
-                    on_run(result)
-            accuracies.append(self._memo[key])
+        return self.evaluate_many([(genome, fold)], on_epoch=on_epoch)[0]
+
+    def evaluate_many(
+        self,
+        items: Sequence[tuple[np.ndarray, int]],
+        *,
+        on_evaluated: Callable[[int, Evaluation], None] | None = None,
+        on_epoch: OnEpoch | None = None,
+    ) -> list[Evaluation]:
+        """Φ of each ``(genome, fold)``; the runs not in the memo go to the executor together.
+
+        ``on_evaluated(index, evaluation)`` is called as soon as all runs of an item are
+        known (items already memoised first), so results can be recorded while others train.
+        A run shared by several items is trained once.
+        """
+        keys = [self.run_keys(g, f) for g, f in items]
+        requests: dict[tuple, RunRequest] = {}
+        for (genome, fold), item_keys in zip(items, keys):
+            lrs = decode(genome, self.base_lr).lrs
+            for key, seed in zip(item_keys, self.seeds):
+                if key not in self._memo and key not in requests:
+                    requests[key] = RunRequest(tuple(lrs), int(fold), seed)
+        order = list(requests)
+        fresh: dict[tuple, RunOutcome] = {}
+        out: list[Evaluation | None] = [None] * len(items)
+
+        def settle() -> None:
+            for j, item_keys in enumerate(keys):
+                if out[j] is None and all(k in self._memo for k in item_keys):
+                    out[j] = self._assemble(item_keys, int(items[j][1]), fresh)
+                    if on_evaluated is not None:
+                        on_evaluated(j, out[j])
+
+        def on_result(i: int, outcome: RunOutcome) -> None:
+            key = order[i]
+            self._memo[key] = fresh[key] = outcome
+            settle()
+
+        settle()
+        if order:
+            self.executor.run([requests[k] for k in order], on_result, on_epoch)
+        return out  # type: ignore[return-value]
+
+    def _assemble(self, keys: Sequence[tuple], fold: int, fresh: dict[tuple, RunOutcome]) -> Evaluation:
+        accuracies = [self._memo[k].best_val_accuracy for k in keys]
+        trained = [fresh.pop(k) for k in keys if k in fresh]  # a shared run counts for its first item
         return Evaluation(
             fitness=fitness_from_accuracies(accuracies),
             accuracies=tuple(accuracies),
             seeds=self.seeds,
-            fold=int(fold),
-            seconds=seconds,
-            trained=trained,
-            diverged=diverged,
+            fold=fold,
+            seconds=sum(o.seconds for o in trained),
+            trained=len(trained),
+            diverged=any(o.diverged for o in trained),
         )
 
     def preload(self, records: Iterable[tuple[np.ndarray, int, dict[int, float]]]) -> int:

@@ -8,7 +8,6 @@ search, fine-tune the best configuration, write the run directory. :func:`finetu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -21,85 +20,22 @@ import numpy as np
 import torch
 
 from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
-from .data import SplitData, load_dataset, preprocess, split_dataset
 from .errors import BioTuneError
 from .evolution import MemeticEvolution
+from .executor import make_executor
 from .final import FinalResult, FinalRun, final_finetune
 from .fitness import FitnessEvaluator
 from .genome import check_genome, decode
-from .models import Block, PretrainedModel, build_model, default_input_size, partition_model
+from .models import Block, partition_model
 from .report import block_table, plot_convergence, plot_heatmap, write_history_csv, write_json
 from .search import SearchListener, SearchResult, run_search
+from .session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
 from .study import TrialStore, gene_names
-from .trainer import FineTuner, param_groups
+from .trainer import param_groups
 
-__all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration", "training_seeds", "Session"]
+__all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration"]
 
 logger = logging.getLogger(__name__)
-
-_SEARCH_SEEDS, _FINAL_SEEDS = 0, 1
-
-
-def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
-    """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
-    state = np.random.SeedSequence([seed, purpose]).generate_state(count)
-    return tuple(int(s) % (2**31 - 1) for s in state)
-
-
-@dataclass
-class Session:
-    """A model and a dataset made ready for training (built once, used by search and final)."""
-
-    pretrained: PretrainedModel
-    blocks: tuple[Block, ...]
-    data: SplitData
-    dataset_name: str
-    image_size: int
-    tensors: dict[str, torch.Tensor]
-    finetuner: FineTuner
-    context: str
-
-    @classmethod
-    def prepare(
-        cls,
-        model: ModelConfig,
-        data: DataConfig,
-        train: TrainConfig,
-        *,
-        n_folds: int,
-        seed: int,
-        runtime: RuntimeConfig,
-    ) -> "Session":
-        """Load the dataset, build and partition the model, split, preprocess once."""
-        device = runtime.resolve_device()
-        # The model's input size must be known before an ImageFolder is read.
-        default_size = default_input_size(model.name)
-        ds = load_dataset(data.dataset, image_size=data.image_size or default_size)
-        pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
-        blocks = partition_model(pm.model, model.granularity, partition=model.partition)
-        split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
-        size = data.image_size or pm.input_size
-        tensors = {
-            name: preprocess(arr, image_size=size, mean=pm.mean, std=pm.std, channels_last=runtime.channels_last).to(device)
-            for name, arr in (("x_train", split.x_train), ("x_val", split.x_val), ("x_test", split.x_test))
-        }
-        finetuner = FineTuner(pm.model, blocks, train, device, channels_last=runtime.channels_last)
-        context = json.dumps(
-            {
-                "model": pm.name,
-                "weights": pm.weights,
-                "data": ds.fingerprint(),
-                "image_size": size,
-                "blocks": [b.name for b in blocks],
-                "train": train.to_dict(),
-                "val_fraction": data.val_fraction,
-                "seed": seed,
-                "n_folds": n_folds,
-            },
-            sort_keys=True,
-        )
-        return cls(pm, blocks, split, ds.name, size, tensors, finetuner, hashlib.sha1(context.encode()).hexdigest()[:16])
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -207,7 +143,8 @@ def run(
     runtime = runtime or RuntimeConfig()
     listener = listener or SearchListener()
     s = config.search
-    session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed, runtime=runtime)
+    spec = SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, runtime)
+    session = Session.from_spec(spec)
     path = _resolve_run_dir(run_dir, config, session.dataset_name)
     _make_dir(path)
     storage_url = storage or f"sqlite:///{(path / 'study.db').resolve()}"
@@ -218,11 +155,12 @@ def run(
         "image_size": session.image_size,
         "blocks": [b.name for b in session.blocks],
         "n_folds": s.n_folds,
-        "search_seeds": list(training_seeds(s.seed, _SEARCH_SEEDS, s.seeds)),
-        "final_seeds": list(training_seeds(s.seed, _FINAL_SEEDS, s.final_runs)),
+        "search_seeds": list(training_seeds(s.seed, SEARCH_SEEDS, s.seeds)),
+        "final_seeds": list(training_seeds(s.seed, FINAL_SEEDS, s.final_runs)),
         "storage": _redact(storage_url),
         "study_name": study_name,
         "device": str(session.finetuner.device),
+        "executor": runtime.executor,
     }
     if not (path / "config.json").is_file():
         write_json(path / "config.json", document)
@@ -235,14 +173,27 @@ def run(
         generations=s.generations,
         rng=np.random.default_rng(s.seed),
     )
-    evaluator = FitnessEvaluator(
-        session.finetuner, session.data, session.tensors, training_seeds(s.seed, _SEARCH_SEEDS, s.seeds),
-        config.train.lr, session.context,
+    with make_executor(runtime, spec, session) as executor:
+        evaluator = FitnessEvaluator(
+            executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.context
+        )
+        result = run_search(engine, evaluator, store, listener=listener)
+        final = _final(path, session, executor, config, result, listener)
+    best = _best_document(session, config, result, final)
+    write_json(path / "best.json", best)
+    plot_heatmap(
+        path / "heatmap.png", [b.name for b in session.blocks],
+        [(f"{session.dataset_name}", [r["lr_multiplier"] for r in best["blocks"]])],
+        title=f"BioTune configuration: {config.model.name} on {session.dataset_name}",
     )
-    result = run_search(engine, evaluator, store, listener=listener)
-    write_history_csv(path / "history.csv", result.history, names)
-    plot_convergence(path / "convergence.png", result.generations)
+    return RunResult(path, result, final, session.blocks, best)
 
+
+def _final(path, session, executor, config, result, listener) -> FinalResult:
+    """The final fine-tune of the best configuration; finished runs are kept in final_runs.json."""
+    s = config.search
+    write_history_csv(path / "history.csv", result.history, gene_names([b.name for b in session.blocks]))
+    plot_convergence(path / "convergence.png", result.generations)
     final_path = path / "final_runs.json"
     done = {}
     if final_path.is_file():
@@ -256,20 +207,12 @@ def run(
         write_json(final_path, [{**r.to_dict(), "genes": list(result.best_genes)} for r in finished])
         listener.on_final_run(run_)
 
-    final_seeds = training_seeds(s.seed, _FINAL_SEEDS, s.final_runs)
+    final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
     listener.on_final_start(len([x for x in final_seeds if x not in done]))
-    final = final_finetune(
-        session.finetuner, session.data, session.tensors, result.best_genes,
+    return final_finetune(
+        executor, result.best_genes, session.blocks,
         base_lr=config.train.lr, seeds=final_seeds, done=done, on_run=save, on_epoch=listener.on_epoch,
     )
-    best = _best_document(session, config, result, final)
-    write_json(path / "best.json", best)
-    plot_heatmap(
-        path / "heatmap.png", [b.name for b in session.blocks],
-        [(f"{session.dataset_name}", [r["lr_multiplier"] for r in best["blocks"]])],
-        title=f"BioTune configuration: {config.model.name} on {session.dataset_name}",
-    )
-    return RunResult(path, result, final, session.blocks, best)
 
 
 def _best_document(session: Session, config: RunConfig, result: SearchResult, final: FinalResult) -> dict[str, Any]:
@@ -393,12 +336,15 @@ def finetune(
     train = train or TrainConfig()
     if runs < 1:
         raise BioTuneError(f"`runs` must be at least 1, got {runs}")
-    session = Session.prepare(model, data or DataConfig(), train, n_folds=1, seed=seed, runtime=runtime or RuntimeConfig())
+    runtime = runtime or RuntimeConfig()
+    spec = SessionSpec(model, data or DataConfig(), train, 1, seed, runtime)
+    session = Session.from_spec(spec)
     cfg.check_blocks(session.blocks, "--config")
     listener = listener or SearchListener()
     listener.on_final_start(runs)
-    result = final_finetune(
-        session.finetuner, session.data, session.tensors, cfg.genes, base_lr=train.lr,
-        seeds=training_seeds(seed, _FINAL_SEEDS, runs), on_run=listener.on_final_run, on_epoch=listener.on_epoch,
-    )
+    with make_executor(runtime, spec, session) as executor:
+        result = final_finetune(
+            executor, cfg.genes, session.blocks, base_lr=train.lr,
+            seeds=training_seeds(seed, FINAL_SEEDS, runs), on_run=listener.on_final_run, on_epoch=listener.on_epoch,
+        )
     return result, session.blocks, session

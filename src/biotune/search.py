@@ -104,7 +104,7 @@ def run_search(
     read back (resume); configurations already evaluated on the fold come from the memo.
     """
     listener = listener or SearchListener()
-    n_folds = evaluator.data.n_folds
+    n_folds = evaluator.n_folds
     stored = store.completed()
     evaluator.preload(
         (np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)))
@@ -119,17 +119,14 @@ def run_search(
         g = batch[0].generation
         fold = g % n_folds
         listener.on_generation_start(g, fold, batch)
-        fitnesses = []
-        for cand in batch:
-            record = _answer(cand, fold, evaluator, store, stored, listener)
-            history.append(record)
-            fitnesses.append(record.evaluation.fitness)
+        records = _answer_batch(batch, fold, evaluator, store, stored, listener)
+        history.extend(records)
+        for record in records:
             logger.debug(
                 "gen %d slot %d %s fold %d: fitness %.4f (%s)",
-                g, cand.slot, cand.role, fold, record.evaluation.fitness, record.source,
+                g, record.candidate.slot, record.candidate.role, fold, record.evaluation.fitness, record.source,
             )
-            listener.on_evaluation(record)
-        stats = engine.tell(fitnesses)
+        stats = engine.tell([r.evaluation.fitness for r in records])
         listener.on_generation_end(stats)
     best_genes, best_fitness = engine.best
     return SearchResult(
@@ -141,25 +138,52 @@ def run_search(
     )
 
 
-def _answer(cand, fold, evaluator, store, stored, listener) -> EvaluationRecord:
-    previous = stored.get((cand.generation, cand.slot))
-    if previous is not None:
-        if not np.array_equal(np.asarray(previous.genes), cand.array) or previous.evaluation.fold != fold:
-            raise BioTuneError(
-                f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
-                "does not match this search's genome; was it written by another version or settings?"
-            )
-        return EvaluationRecord(cand, fold, previous.evaluation, "study", previous.trial_number)
-    if evaluator.is_memoised(cand.array, fold):
-        return EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold), "memo", None)
-    listener.on_evaluation_start(cand)
-    trial = store.start(cand, fold)
+def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[EvaluationRecord]:
+    """Records of one generation, in slot order: read back, memoised, or trained together.
+
+    Each configuration is trained once per batch and recorded as one trial; a duplicate in
+    the same batch is answered from the memo afterwards, like one seen in an earlier batch.
+    """
+    records: list[EvaluationRecord | None] = [None] * len(batch)
+    to_train: list[int] = []
+    claimed: set[tuple] = set()
+    for i, cand in enumerate(batch):
+        previous = stored.get((cand.generation, cand.slot))
+        if previous is not None:
+            if not np.array_equal(np.asarray(previous.genes), cand.array) or previous.evaluation.fold != fold:
+                raise BioTuneError(
+                    f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
+                    "does not match this search's genome; was it written by another version or settings?"
+                )
+            records[i] = EvaluationRecord(cand, fold, previous.evaluation, "study", previous.trial_number)
+            listener.on_evaluation(records[i])
+            continue
+        keys = evaluator.run_keys(cand.array, fold)
+        if evaluator.is_memoised(cand.array, fold) or claimed.issuperset(keys):
+            continue  # answered from the memo below
+        claimed.update(keys)
+        to_train.append(i)
+    trials = {}
+    for i in to_train:
+        listener.on_evaluation_start(batch[i])
+        trials[i] = store.start(batch[i], fold)
+
+    def finished(j: int, evaluation: Evaluation) -> None:
+        i = to_train[j]
+        number = store.finish(trials.pop(i), evaluation)
+        records[i] = EvaluationRecord(batch[i], fold, evaluation, "trained", number)
+        listener.on_evaluation(records[i])
+
     try:
-        evaluation = evaluator.evaluate(cand.array, fold, on_epoch=listener.on_epoch)
+        evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], on_evaluated=finished, on_epoch=listener.on_epoch)
     except BaseException as err:
         # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
         if not isinstance(err, KeyboardInterrupt):
-            store.fail(trial, f"{type(err).__name__}: {err}")
+            for trial in trials.values():
+                store.fail(trial, f"{type(err).__name__}: {err}")
         raise
-    number = store.finish(trial, evaluation)
-    return EvaluationRecord(cand, fold, evaluation, "trained", number)
+    for i, cand in enumerate(batch):
+        if records[i] is None:
+            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold), "memo", None)
+            listener.on_evaluation(records[i])
+    return records  # type: ignore[return-value]

@@ -8,6 +8,7 @@ no augmentation) and returns a :class:`TrainResult`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -21,6 +22,7 @@ from torch import nn
 from .config import TrainConfig
 from .errors import BioTuneError
 from .models import Block, reset_head
+from .prefix import PrefixCache, bypass
 
 __all__ = ["TrainResult", "FineTuner", "param_groups", "evaluate_accuracy"]
 
@@ -56,12 +58,16 @@ def param_groups(model: nn.Module, blocks: Sequence[Block], lrs: Sequence[float]
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy of ``model`` (put in eval mode) on preprocessed tensors."""
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *, forward=None) -> float:
+    """Top-1 accuracy of ``model`` (put in eval mode) on preprocessed tensors.
+
+    ``forward`` replaces ``model`` as the callable (e.g. a compiled or autocast wrapper).
+    """
     model.eval()
+    forward = forward or model
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
+        logits = forward(x[start : start + batch_size])
         correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
     return correct / max(1, len(x))
 
@@ -79,6 +85,7 @@ class TrainResult:
         seconds: wall time.
         diverged: the loss became NaN or infinite; training stopped there.
         best_state: weights at the best epoch, kept only when asked for.
+        prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
     """
 
     seed: int
@@ -90,6 +97,7 @@ class TrainResult:
     seconds: float
     diverged: bool = False
     best_state: dict | None = field(default=None, repr=False, compare=False)
+    prefix_depth: int = 0
 
 
 class FineTuner:
@@ -102,6 +110,10 @@ class FineTuner:
         config: epochs, patience, batch size, BatchNorm treatment.
         device: where to train; data given to :meth:`run` must be there already.
         channels_last: use the NHWC memory format for the model.
+        amp: bf16 autocast (CUDA only; ignored elsewhere).
+        compile: run the model through ``torch.compile``.
+        cache_memory: byte budget of the exact frozen-prefix cache (0: off); see
+            :mod:`biotune.prefix`.
 
     Example:
         >>> import timm, torch
@@ -122,6 +134,9 @@ class FineTuner:
         device: torch.device,
         *,
         channels_last: bool = True,
+        amp: bool = False,
+        compile: bool = False,
+        cache_memory: int = 0,
     ) -> None:
         self.model = model.to(device)
         if channels_last:
@@ -129,6 +144,9 @@ class FineTuner:
         self.blocks = tuple(blocks)
         self.config = config
         self.device = device
+        self.amp = bool(amp) and device.type == "cuda"
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.cache = PrefixCache(self.model, self.blocks, memory=cache_memory, autocast=self._autocast)
         self._initial = copy.deepcopy(self.model.state_dict())
         modules = dict(self.model.named_modules())
         self._block_modules = [[modules[p] for p in b.prefixes if p in modules] for b in self.blocks]
@@ -148,6 +166,11 @@ class FineTuner:
                         if isinstance(sub, _BN_TYPES):
                             sub.eval()
 
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def restore(self, seed: int) -> None:
         """Reset to the pretrained weights with a head initialised from ``seed``."""
         self.model.load_state_dict(self._initial)
@@ -162,13 +185,19 @@ class FineTuner:
         *,
         keep_best: bool = False,
         on_epoch: Callable[[int, float, float], None] | None = None,
+        train_index: torch.Tensor | None = None,
     ) -> TrainResult:
         """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
+
+        When leading blocks are frozen, training and validation start from the cached
+        output of that prefix (exact; see :mod:`biotune.prefix`).
 
         Args:
             lrs: one learning rate per block.
             train, val: preprocessed ``(images, labels)`` tensors on the training device.
             seed: seeds the head, the batch order and dropout; same seed, same result.
+            train_index: train on these rows of ``train`` only (e.g. a fold). Pass the whole
+                training set with an index, rather than a slice, so its prefix cache is shared.
             keep_best: keep the weights of the best epoch in the result (``best_state``).
             on_epoch: called as ``on_epoch(epoch, val_accuracy, train_loss)``.
 
@@ -181,12 +210,23 @@ class FineTuner:
         if not any(mask):
             raise BioTuneError("every block is frozen: at least one learning rate must be positive")
         cfg = self.config
-        x_train, y_train = train
         start = time.perf_counter()
-        # fork_rng scopes the global RNG (used by dropout) to this run and restores it after.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        (x_train, y_train), (x_val, y_val) = train, val
+        with contextlib.ExitStack() as stack:
+            # fork_rng scopes the global RNG (used by dropout) to this run and restores it after.
+            stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
             torch.manual_seed(seed)
-            self.restore(seed)
+            self.restore(seed)  # the prefix cache is computed from these pristine weights
+            cut = self.cache.cut_for(mask, x_val)
+            if cut is not None:
+                cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
+                if cached[0] is None or cached[1] is None:
+                    cut = None
+                else:
+                    x_train, x_val = cached
+            if train_index is not None:
+                x_train, y_train = x_train[train_index], y_train[train_index]
+            stack.enter_context(bypass(self.model, cut))
             self._configure(mask)
             optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
             steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
@@ -202,7 +242,8 @@ class FineTuner:
                 total, count = 0.0, 0
                 for i in range(0, len(order), cfg.batch_size):
                     idx = order[i : i + cfg.batch_size]
-                    loss = loss_fn(self.model(x_train[idx]), y_train[idx])
+                    with self._autocast():
+                        loss = loss_fn(self._forward(x_train[idx]), y_train[idx])
                     if not torch.isfinite(loss):
                         diverged = True
                         break
@@ -215,7 +256,8 @@ class FineTuner:
                 if diverged:
                     logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
                     break
-                acc = evaluate_accuracy(self.model, *val)
+                with self._autocast():
+                    acc = evaluate_accuracy(self.model, x_val, y_val, forward=self._forward)
                 val_hist.append(acc)
                 loss_hist.append(total / max(1, count))
                 if on_epoch is not None:
@@ -238,16 +280,12 @@ class FineTuner:
             seconds=time.perf_counter() - start,
             diverged=diverged,
             best_state=best_state,
+            prefix_depth=0 if cut is None else cut.depth,
         )
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
         """Accuracy on ``(x, y)``, after loading ``state`` when given."""
         if state is not None:
             self.model.load_state_dict(state)
-        return evaluate_accuracy(self.model, x, y)
-
-    def trainable_fraction(self, mask: Sequence[bool]) -> float:
-        """Share of the model's parameters inside trainable blocks."""
-        total = sum(b.num_params for b in self.blocks)
-        return sum(b.num_params for b, m in zip(self.blocks, mask) if m) / total
-
+        with self._autocast():
+            return evaluate_accuracy(self.model, x, y, forward=self._forward)

@@ -1,0 +1,163 @@
+"""A model and a dataset made ready for training, and the one call that trains on them.
+
+:class:`Session` is built once per process (the main one, and each worker of a parallel
+executor, from the same :class:`SessionSpec`, so every process trains on identical data and
+weights). :meth:`Session.perform` answers a :class:`RunRequest`: one fine-tuning run of a
+configuration on a fold (search) or on the whole training set scored on test (final).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from .data import SplitData, load_dataset, preprocess, split_dataset
+from .models import Block, PretrainedModel, build_model, default_input_size, partition_model
+from .trainer import FineTuner
+
+__all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
+
+SEARCH_SEEDS, FINAL_SEEDS = 0, 1
+
+
+def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
+    """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
+    state = np.random.SeedSequence([seed, purpose]).generate_state(count)
+    return tuple(int(s) % (2**31 - 1) for s in state)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Everything needed to build a :class:`Session` (picklable: sent to worker processes)."""
+
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    n_folds: int
+    seed: int
+    runtime: RuntimeConfig
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One fine-tuning run to perform.
+
+    Attributes:
+        lrs: per-block learning rates (0 freezes a block).
+        fold: the training fold; ``None`` trains on the whole training set and also scores
+            the best epoch's weights on the test split (a final run).
+        seed: the training seed.
+    """
+
+    lrs: tuple[float, ...]
+    fold: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a :class:`RunRequest` produced (small and picklable)."""
+
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    diverged: bool
+    prefix_depth: int = 0
+    test_accuracy: float | None = None
+
+
+@dataclass
+class Session:
+    """A model and a dataset made ready for training (built once, used by search and final)."""
+
+    pretrained: PretrainedModel
+    blocks: tuple[Block, ...]
+    data: SplitData
+    dataset_name: str
+    image_size: int
+    tensors: dict[str, torch.Tensor]
+    folds: tuple[torch.Tensor, ...]
+    finetuner: FineTuner
+    context: str
+
+    @classmethod
+    def from_spec(cls, spec: SessionSpec) -> "Session":
+        return cls.prepare(spec.model, spec.data, spec.train, n_folds=spec.n_folds, seed=spec.seed, runtime=spec.runtime)
+
+    @classmethod
+    def prepare(
+        cls,
+        model: ModelConfig,
+        data: DataConfig,
+        train: TrainConfig,
+        *,
+        n_folds: int,
+        seed: int,
+        runtime: RuntimeConfig,
+    ) -> "Session":
+        """Load the dataset, build and partition the model, split, preprocess once onto the device."""
+        device = runtime.resolve_device()
+        # The model's input size must be known before an ImageFolder is read.
+        default_size = default_input_size(model.name)
+        ds = load_dataset(data.dataset, image_size=data.image_size or default_size)
+        pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
+        blocks = partition_model(pm.model, model.granularity, partition=model.partition)
+        split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
+        size = data.image_size or pm.input_size
+        tensors = {}
+        for name, arr, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
+                                  ("test", split.x_test, split.y_test)):
+            x = preprocess(arr, image_size=size, mean=pm.mean, std=pm.std, channels_last=runtime.channels_last)
+            y = torch.as_tensor(labels)
+            if device.type == "cuda":  # pinned memory: asynchronous host-to-device copies
+                x, y = x.pin_memory(), y.pin_memory()
+            tensors[f"x_{name}"] = x.to(device, non_blocking=True)
+            tensors[f"y_{name}"] = y.to(device, non_blocking=True)
+        folds = tuple(torch.as_tensor(f, device=device) for f in split.folds)
+        finetuner = FineTuner(
+            pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
+            compile=runtime.compile, cache_memory=runtime.cache_bytes,
+        )
+        context = json.dumps(
+            {
+                "model": pm.name,
+                "weights": pm.weights,
+                "data": ds.fingerprint(),
+                "image_size": size,
+                "blocks": [b.name for b in blocks],
+                "train": train.to_dict(),
+                "val_fraction": data.val_fraction,
+                "seed": seed,
+                "n_folds": n_folds,
+            },
+            sort_keys=True,
+        )
+        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, hashlib.sha1(context.encode()).hexdigest()[:16])
+
+    def perform(self, request: RunRequest, on_epoch: Callable[[int, float, float], None] | None = None) -> RunOutcome:
+        """Train one run; a final run (``fold=None``) is also scored on test at its best epoch."""
+        t = self.tensors
+        final = request.fold is None
+        result = self.finetuner.run(
+            request.lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), request.seed,
+            keep_best=final, on_epoch=on_epoch, train_index=None if final else self.folds[request.fold],
+        )
+        test = None
+        if final:
+            test = self.finetuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
+        return RunOutcome(
+            best_val_accuracy=result.best_val_accuracy,
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+            seconds=result.seconds,
+            diverged=result.diverged,
+            prefix_depth=result.prefix_depth,
+            test_accuracy=test,
+        )
