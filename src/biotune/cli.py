@@ -67,6 +67,24 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime (does not change results' meaning)")
     g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'... (default: auto)")
     g.add_argument("--no-channels-last", action="store_true", help="use the NCHW memory format instead of channels_last")
+    g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA instead of bf16 autocast (CPU is always fp32)")
+    g.add_argument("--compile", action="store_true", help="run the model through torch.compile (needs a C++ compiler on CPU)")
+    g.add_argument("--cache-memory", default="2G",
+                   help="memory for the exact frozen-prefix cache per process, e.g. 2G, 512M; 0 turns it off (default: 2G)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice, "
+                   "or the cores shared out between worker processes)")
+    g = p.add_argument_group("parallel and distributed evaluation")
+    g.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                   help="'local' (sequential, this process), 'processes' (worker processes, one per device) or "
+                        "'ray' (each run a Ray task; pip install 'biotune[ray]') (default: local)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes or concurrent Ray tasks (default: one per device in --devices; "
+                        "else half the CPU cores, or what the Ray cluster's CPUs/GPUs allow)")
+    g.add_argument("--devices", default=None, help="devices of the workers, comma-separated, e.g. cuda:0,cuda:1 "
+                   "(default: every visible GPU with --executor processes, else --device)")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: start a local "
+                        "instance on 127.0.0.1")
     g.add_argument("-v", "--verbose", action="count", default=0, help="log per generation (-v) or per evaluation (-vv)")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -138,6 +156,15 @@ def _train_overrides(args) -> dict[str, object]:
     if args.no_train_bn:
         out["train_bn"] = False
     return out
+
+
+def _runtime(args) -> RuntimeConfig:
+    devices = None if args.devices is None else tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    return RuntimeConfig(
+        device=args.device, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
+        cache_memory=args.cache_memory, threads=args.threads, executor=args.executor, workers=args.workers,
+        devices=devices, ray_address=args.ray_address,
+    )
 
 
 def _partition(text: str | None):
@@ -222,7 +249,7 @@ def _cmd_search(args) -> int:
     total = s.population + s.generations * (3 * s.elites + s.population - s.elites)
     progress = _Progress(total, enabled=not args.no_progress)
     progress.set_epochs(config.train.epochs)
-    runtime = RuntimeConfig(device=args.device, channels_last=not args.no_channels_last)
+    runtime = _runtime(args)
     try:
         result = run(config, run_dir=args.run_dir, storage=args.storage, runtime=runtime, listener=progress)
     finally:
@@ -254,7 +281,7 @@ def _cmd_finetune(args) -> int:
     progress = _Progress(0, enabled=not args.no_progress)
     progress.search.close()
     progress.set_epochs(train.epochs)
-    runtime = RuntimeConfig(device=args.device, channels_last=not args.no_channels_last)
+    runtime = _runtime(args)
     try:
         result, blocks, session = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed,
                                            weights=args.weights, runtime=runtime, listener=progress)

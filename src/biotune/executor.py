@@ -184,7 +184,8 @@ class RayExecutor(Executor):
 
     Args:
         spec: what each Ray worker prepares.
-        workers: runs in flight at once (and the CPUs of a local instance).
+        workers: runs in flight at once (default: what the cluster's CPUs or GPUs allow;
+            a local instance gets half this machine's cores).
         address: an existing cluster (``"auto"``, ``"ray://host:10001"``...); ``None``
             starts a local instance bound to 127.0.0.1, stopped by :meth:`close`.
         threads: CPUs (intra-op threads) per run.
@@ -197,7 +198,7 @@ class RayExecutor(Executor):
         self,
         spec: SessionSpec,
         *,
-        workers: int,
+        workers: int | None = None,
         address: str | None = None,
         threads: int = 1,
         gpus: float | None = None,
@@ -214,6 +215,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address is None:
+                workers = workers or max(1, (os.cpu_count() or 1) // 2 // threads)
                 # A local instance listens on the loopback address only.
                 ray.init(num_cpus=workers * threads, num_gpus=None if gpus else 0, _node_ip_address="127.0.0.1", **kwargs)
             else:
@@ -222,7 +224,10 @@ class RayExecutor(Executor):
                 except (ConnectionError, RuntimeError, ValueError) as err:
                     raise BioTuneError(f"--ray-address {address!r}: cannot join the Ray cluster ({err})") from None
             self._owns = True
-        self.workers = workers
+        if workers is None:
+            resources = ray.cluster_resources()
+            workers = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // threads)
+        self.workers = max(1, workers)
         self.threads = threads
         self.max_retries = max_retries
         self._task = ray.remote(_perform_on_ray).options(num_cpus=threads, num_gpus=gpus, max_retries=max_retries)
@@ -268,6 +273,8 @@ class RayExecutor(Executor):
 def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> Executor:
     """The executor ``runtime`` asks for; ``session`` serves the local one."""
     if runtime.executor == "local":
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
         return LocalExecutor(session)
     cores = os.cpu_count() or 1
     if runtime.executor == "processes":
@@ -284,5 +291,4 @@ def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -
             dataclasses.replace(runtime, device=d, devices=None).resolve_device()  # a clear error for a bad name
         threads = runtime.threads or max(1, cores // len(devices))
         return ProcessExecutor(spec, devices, threads=threads)
-    workers = runtime.workers or max(1, cores // (runtime.threads or 1))
-    return RayExecutor(spec, workers=workers, address=runtime.ray_address, threads=runtime.threads or 1)
+    return RayExecutor(spec, workers=runtime.workers, address=runtime.ray_address, threads=runtime.threads or 1)

@@ -1,0 +1,110 @@
+"""Executors: local, worker processes and Ray give the same search; a killed worker's run is retried."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+import optuna
+import pytest
+
+from biotune import RunConfig, RuntimeConfig, SearchListener, run
+from biotune.executor import LocalExecutor, ProcessExecutor
+from biotune.session import RunRequest, Session, SessionSpec
+
+CONFIG = RunConfig().replace(
+    model={"name": "test_efficientnet", "weights": "random"},
+    data={"image_size": 24},
+    train={"epochs": 2, "patience": 2, "batch_size": 64},
+    search={"population": 4, "elites": 1, "generations": 1, "seeds": 1, "final_runs": 1, "seed": 3},
+)
+
+
+def _search(tmp_path, name: str, listener=None, **runtime):
+    # One thread everywhere: the same kernels, so the runs agree to the last bit.
+    result = run(CONFIG, run_dir=tmp_path / name, runtime=RuntimeConfig(threads=1, **runtime), listener=listener)
+    return result
+
+
+@pytest.fixture(scope="module")
+def local_result(tmp_path_factory):
+    return _search(tmp_path_factory.mktemp("local"), "local")
+
+
+def _trials(run_dir):
+    study = optuna.load_study(study_name=f"biotune-{run_dir.name}", storage=f"sqlite:///{run_dir / 'study.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+def test_processes_executor_matches_local(tmp_path, local_result):
+    result = _search(tmp_path, "proc", executor="processes", workers=2)
+    assert result.search.best_genes == local_result.search.best_genes
+    assert result.best["fitness"] == local_result.best["fitness"]
+    assert [r.evaluation.accuracies for r in result.search.history] == [
+        r.evaluation.accuracies for r in local_result.search.history
+    ]
+    assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
+
+
+def test_ray_executor_matches_local(tmp_path, local_result):
+    pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
+    import ray
+
+    result = _search(tmp_path, "ray", executor="ray", workers=2)
+    assert not ray.is_initialized()  # the local instance it started is stopped again
+    assert result.search.best_genes == local_result.search.best_genes
+    assert result.best["fitness"] == local_result.best["fitness"]
+    assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
+
+
+class _KillOneWorker(SearchListener):
+    """SIGKILLs a worker process right after the first trained evaluation, while others train."""
+
+    def __init__(self) -> None:
+        self.killed: int | None = None
+
+    def on_evaluation(self, record) -> None:
+        import multiprocessing
+
+        if self.killed is None and record.source == "trained":
+            workers = multiprocessing.active_children()
+            assert workers, "no worker processes to kill"
+            self.killed = workers[0].pid
+            os.kill(self.killed, signal.SIGKILL)
+
+
+def test_killed_worker_is_retried_and_each_trial_recorded_once(tmp_path, local_result, caplog):
+    listener = _KillOneWorker()
+    result = _search(tmp_path, "killed", listener=listener, executor="processes", workers=2)
+    assert listener.killed is not None
+    assert "worker process died" in caplog.text
+    assert result.search.best_genes == local_result.search.best_genes
+    trials = _trials(tmp_path / "killed")
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    slots = Counter((t.user_attrs["generation"], t.user_attrs["slot"]) for t in trials)
+    assert set(slots.values()) == {1}
+    trained = [r for r in result.search.history if r.source == "trained"]
+    assert len(trials) == len(trained) == len(slots)
+
+
+def test_process_executor_reports_each_run_once_after_a_kill():
+    spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
+    session = Session.from_spec(spec)
+    n = len(session.blocks)
+    requests = [RunRequest(tuple([0.0] * k + [1e-3] * (n - k)), k % 2, 5) for k in range(n - 1)]
+    expected: dict[int, object] = {}
+    LocalExecutor(session).run(requests, lambda i, o: expected.__setitem__(i, o.best_val_accuracy))
+    seen: Counter[int] = Counter()
+    got: dict[int, float] = {}
+
+    with ProcessExecutor(spec, ["cpu", "cpu"], threads=1) as executor:
+        def on_result(i, outcome):
+            if not seen:
+                os.kill(executor.worker_pids()[0], signal.SIGKILL)
+            seen[i] += 1
+            got[i] = outcome.best_val_accuracy
+
+        executor.run(requests, on_result)
+    assert set(seen.values()) == {1} and len(seen) == len(requests)
+    assert got == expected

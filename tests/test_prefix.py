@@ -1,0 +1,108 @@
+"""The frozen-prefix cache is exact: cached and uncached runs agree, and it never cuts where it cannot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biotune.config import TrainConfig
+from biotune.models import build_model, partition_model
+from biotune.prefix import bypass, parse_memory
+from biotune.trainer import FineTuner
+
+
+def _tuner(name: str, cache_memory: int, *, granularity: str = "stage") -> FineTuner:
+    pm = build_model(name, 4, weights="random", seed=0)
+    blocks = partition_model(pm.model, granularity)
+    return FineTuner(pm.model, blocks, TrainConfig(epochs=3, patience=3, batch_size=16), torch.device("cpu"),
+                     cache_memory=cache_memory)
+
+
+def _data(n: int = 96, size: int = 32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, size, size, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (n,), generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize(("name", "granularity"), [("test_efficientnet", "stage"), ("test_resnet", "stage"),
+                                                   ("test_resnet", "block")])
+def test_cached_run_equals_uncached_run(name, granularity):
+    x, y = _data()
+    xv, yv = _data(40)
+    index = torch.arange(0, len(x), 2)
+    cached, plain = _tuner(name, 2**30, granularity=granularity), _tuner(name, 0, granularity=granularity)
+    n = len(cached.blocks)
+    for frozen in (1, n // 2, n - 1):
+        lrs = [0.0] * frozen + [1e-3] * (n - frozen)
+        a = cached.run(lrs, (x, y), (xv, yv), seed=7, keep_best=True, train_index=index)
+        b = plain.run(lrs, (x, y), (xv, yv), seed=7, keep_best=True, train_index=index)
+        assert a.prefix_depth == frozen and b.prefix_depth == 0
+        assert a.val_accuracies == b.val_accuracies
+        assert a.train_losses == pytest.approx(b.train_losses, rel=1e-5, abs=1e-6)
+        for key, value in a.best_state.items():
+            torch.testing.assert_close(value, b.best_state[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_cache_is_shared_between_runs_and_picks_the_deepest_prefix():
+    x, y = _data()
+    tuner = _tuner("test_efficientnet", 2**30)
+    n = len(tuner.blocks)
+    mask = [False, False, False, True] + [True] * (n - 4)
+    assert tuner.cache.cut_for(mask, x).depth == 3
+    lrs = [0.0, 0.0, 0.0] + [1e-3] * (n - 3)
+    tuner.run(lrs, (x, y), (x, y), seed=1)
+    misses = tuner.cache.misses
+    tuner.run(lrs, (x, y), (x, y), seed=2)  # another seed: features come from the cache
+    assert tuner.cache.misses == misses and tuner.cache.hits >= 2
+
+
+def test_prefix_cut_refused_where_the_forward_is_not_a_chain():
+    """ViT adds its position embedding outside any module: no depth is exact, runs go uncached."""
+    x, y = _data(16)
+    tuner = _tuner("test_vit", 2**30)
+    n = len(tuner.blocks)
+    assert all(tuner.cache.cut_at(k, x) is None for k in range(1, n))
+    result = tuner.run([0.0] * (n - 1) + [1e-3], (x, y), (x, y), seed=0)
+    assert result.prefix_depth == 0 and result.epochs_run >= 1
+
+
+def test_budget_bounds_the_cache():
+    x, y = _data()
+    tuner = _tuner("test_efficientnet", 2**30)
+    cut = tuner.cache.cut_at(1, x)
+    one = tuner.cache.features(cut, x)
+    size = one.numel() * one.element_size()
+    tuner.cache.clear()
+    tuner.cache.memory = size - 1  # too small for this depth: not cached, run trains uncached
+    assert tuner.cache.features(cut, x) is None
+    n = len(tuner.blocks)
+    assert tuner.run([0.0] + [1e-3] * (n - 1), (x, y), (x, y), seed=0).prefix_depth == 0
+    tuner.cache.memory = size + 1  # room for one depth: the older one is evicted
+    tuner.cache.features(cut, x)
+    tuner.cache.features(tuner.cache.cut_at(2, x), x)
+    assert tuner.cache.bytes_used <= tuner.cache.memory and len(tuner.cache._store) == 1
+
+
+def test_bypass_restores_the_model():
+    tuner = _tuner("test_resnet", 2**30)
+    x, _ = _data(4)
+    model = tuner.model.eval()
+    before = model(x)
+    keys = set(model.state_dict())
+    cut = tuner.cache.cut_at(2, x)
+    with bypass(model, cut):
+        assert set(model.state_dict()) == keys
+    assert all("forward" not in dict(model.named_modules())[n].__dict__ for n in cut.bypassed)
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2G", 2**31), ("512M", 2**29), ("0", 0), ("1.5k", 1536), (10, 10)])
+def test_parse_memory(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1G", "2T"])
+def test_parse_memory_refuses_nonsense(text):
+    with pytest.raises(ValueError):
+        parse_memory(text)
