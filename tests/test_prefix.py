@@ -106,3 +106,28 @@ def test_parse_memory(text, expected):
 def test_parse_memory_refuses_nonsense(text):
     with pytest.raises(ValueError):
         parse_memory(text)
+
+
+def test_disk_tier_is_exact_and_reused(tmp_path):
+    x, y = _data()
+    xv, yv = _data(40)
+    pm_blocks = _tuner("test_efficientnet", 0)
+    n = len(pm_blocks.blocks)
+    lrs = [0.0] * 3 + [1e-3] * (n - 3)
+    expected = pm_blocks.run(lrs, (x, y), (xv, yv), seed=4)
+
+    def disk_tuner():
+        pm = build_model("test_efficientnet", 4, weights="random", seed=0)
+        return FineTuner(pm.model, partition_model(pm.model), pm_blocks.config, torch.device("cpu"),
+                         cache_memory=1, cache_dir=tmp_path, cache_namespace="t")
+
+    first = disk_tuner()
+    got = first.run(lrs, (x, y), (xv, yv), seed=4)
+    assert got.prefix_depth == 3 and first.cache.bytes_used == 0  # nothing held in memory
+    assert got.val_accuracies == expected.val_accuracies
+    assert got.train_losses == pytest.approx(expected.train_losses, rel=1e-5, abs=1e-6)
+    files = sorted(p.name for p in tmp_path.glob("t-depth3-*.npy"))
+    assert len(files) == 2  # training and validation images
+    second = disk_tuner()  # e.g. another worker process or a resumed run
+    again = second.run(lrs, (x, y), (xv, yv), seed=4)
+    assert second.cache.misses == 0 and again.val_accuracies == expected.val_accuracies

@@ -81,3 +81,27 @@ def test_param_groups_by_name_skip_frozen():
     assert [g["lr"] for g in groups] == [1e-4, 1e-3]
     assert {id(p) for p in groups[1]["params"]} == {id(pm.model.fc.weight), id(pm.model.fc.bias)}
     torch.optim.Adam(groups)
+
+
+def test_compiled_model_trains_like_eager_with_and_without_prefix_cache():
+    """``--compile``: torch.compile gives the same runs (here on CPU), bypassed prefix included."""
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (48,), generator=g)
+    runs = {}
+    for compiled in (False, True):
+        pm = build_model("test_resnet", 4, weights="random", seed=0)
+        blocks = partition_model(pm.model)
+        tuner = FineTuner(pm.model, blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
+                          compile=compiled, cache_memory=2**30)
+        n = len(blocks)
+        runs[compiled] = [tuner.run([0.0] * k + [1e-3] * (n - k), (x, y), (x, y), seed=1) for k in (0, n - 2)]
+    for eager, comp in zip(runs[False], runs[True]):
+        assert comp.prefix_depth == eager.prefix_depth
+        assert comp.val_accuracies == eager.val_accuracies
+        assert comp.train_losses == pytest.approx(eager.train_losses, rel=1e-4)

@@ -71,6 +71,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true", help="run the model through torch.compile (needs a C++ compiler on CPU)")
     g.add_argument("--cache-memory", default="2G",
                    help="memory for the exact frozen-prefix cache per process, e.g. 2G, 512M; 0 turns it off (default: 2G)")
+    g.add_argument("--cache-dir", default=None,
+                   help="directory for frozen-prefix features larger than --cache-memory (memory-mapped, reused by "
+                        "workers and later runs) (default: none; such prefixes are recomputed each run)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice, "
                    "or the cores shared out between worker processes)")
     g = p.add_argument_group("parallel and distributed evaluation")
@@ -162,7 +165,7 @@ def _runtime(args) -> RuntimeConfig:
     devices = None if args.devices is None else tuple(d.strip() for d in args.devices.split(",") if d.strip())
     return RuntimeConfig(
         device=args.device, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
-        cache_memory=args.cache_memory, threads=args.threads, executor=args.executor, workers=args.workers,
+        cache_memory=args.cache_memory, cache_dir=args.cache_dir, threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address,
     )
 

@@ -246,6 +246,8 @@ class RuntimeConfig:
         compile: run the model through ``torch.compile``.
         cache_memory: budget of the exact frozen-prefix cache per process, e.g. ``"2G"``,
             ``"512M"``; ``"0"`` turns it off.
+        cache_dir: where prefixes too large for ``cache_memory`` are kept as memory-mapped
+            files (shared by worker processes and later runs); ``None``: they train uncached.
         threads: intra-op CPU threads per process (default: torch's choice locally, the
             cores shared out between processes).
         executor: ``"local"`` (sequential, in this process), ``"processes"`` (one worker
@@ -262,6 +264,7 @@ class RuntimeConfig:
     amp: bool = True
     compile: bool = False
     cache_memory: str = "2G"
+    cache_dir: str | None = None
     threads: int | None = None
     executor: str = "local"
     workers: int | None = None

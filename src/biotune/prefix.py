@@ -21,11 +21,15 @@ forward from one, and ``torch.fx`` tracing bakes ``self.training`` branches into
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -115,6 +119,11 @@ class PrefixCache:
         memory: byte budget of the cached tensors; least recently used depths are evicted.
             0 disables the cache.
         autocast: a context manager factory applied around forward passes (mixed precision).
+        directory: where a depth too large for ``memory`` is written instead (memory-mapped
+            ``.npy`` files, shared by processes and resumed runs); ``None``: such a depth
+            trains uncached.
+        namespace: identifies the model's weights and preprocessing in file names, so a
+            directory can hold the caches of several runs.
 
     Example:
         >>> import timm, torch
@@ -127,11 +136,24 @@ class PrefixCache:
         2
     """
 
-    def __init__(self, model: nn.Module, blocks: Sequence[Block], *, memory: int, autocast=contextlib.nullcontext) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[Block],
+        *,
+        memory: int,
+        autocast=contextlib.nullcontext,
+        directory: str | Path | None = None,
+        namespace: str = "prefix",
+    ) -> None:
         self.model = model
         self.blocks = tuple(blocks)
         self.memory = int(memory)
+        self.directory = None if directory is None else Path(directory)
+        self.namespace = namespace
         self._autocast = autocast
+        self._disk: dict[tuple, torch.Tensor] = {}
+        self._fingerprints: dict[tuple, str] = {}
         self._order: list[str] | None = None
         self._cuts: dict[int, Cut | None] = {}
         self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -264,24 +286,77 @@ class PrefixCache:
             self._store.move_to_end(key)
             self.hits += 1
             return self._store[key]
+        if key in self._disk:
+            self.hits += 1
+            return self._disk[key]
+        if not self.enabled:
+            return None
         with torch.no_grad(), _eval(self.model), self._autocast():
             first = self._capture(cut, x[:1])
             need = first.numel() * first.element_size() * len(x)
             if need > self.memory:
-                logger.debug("prefix depth %d: %.1f MB exceeds the cache budget", cut.depth, need / 2**20)
-                return None
+                if self.directory is None:
+                    logger.debug("prefix depth %d: %.1f MB exceeds the cache budget", cut.depth, need / 2**20)
+                    return None
+                self._disk[key] = self._on_disk(cut, x, batch_size)
+                return self._disk[key]
             while self._store and self.bytes_used + need > self.memory:
                 self._store.popitem(last=False)
-            parts = [self._capture(cut, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        out = torch.cat(parts)
-        if out.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            out = out.contiguous(memory_format=torch.channels_last)
+            out = self._compute(cut, x, batch_size)
         self._store[key] = out
         self.misses += 1
         return out
 
+    def _compute(self, cut: Cut, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        out = torch.cat([self._capture(cut, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        if out.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _on_disk(self, cut: Cut, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """A memory-mapped CPU tensor of the features, written once (atomically) and reused."""
+        fp_key = (x.data_ptr(), tuple(x.shape), str(x.device))
+        if fp_key not in self._fingerprints:
+            self._fingerprints[fp_key] = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        path = self.directory / f"{self.namespace}-depth{cut.depth}-{self._fingerprints[fp_key]}.npy"
+        if path.is_file():
+            self.hits += 1
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            array = None
+            for i in range(0, len(x), batch_size):
+                part = _to_numpy(self._capture(cut, x[i : i + batch_size]))
+                if array is None:
+                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=part.dtype, shape=(len(x), *part.shape[1:]))
+                array[i : i + len(part)] = part
+            array.flush()
+            del array
+            os.replace(tmp, path)
+            self.misses += 1
+        return _from_numpy(np.load(path, mmap_mode="c"))
+
     def clear(self) -> None:
+        """Forget the in-memory tensors (files on disk stay for later runs)."""
         self._store.clear()
+        self._disk.clear()
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    """Features as a numpy array: NHWC for 4-D tensors, bf16 kept bit-exact as int16."""
+    t = t.detach()
+    if t.dim() == 4:
+        t = t.permute(0, 2, 3, 1)
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.cpu().contiguous().numpy()
+
+
+def _from_numpy(a: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    if t.dtype == torch.int16:  # features are floating point: int16 holds bf16 bits
+        t = t.view(torch.bfloat16)
+    return t.permute(0, 3, 1, 2) if t.dim() == 4 else t
 
 
 @contextlib.contextmanager

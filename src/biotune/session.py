@@ -26,6 +26,10 @@ __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds
 SEARCH_SEEDS, FINAL_SEEDS = 0, 1
 
 
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in text)
+
+
 def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
     """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
     state = np.random.SeedSequence([seed, purpose]).generate_state(count)
@@ -121,10 +125,6 @@ class Session:
             tensors[f"x_{name}"] = x.to(device, non_blocking=True)
             tensors[f"y_{name}"] = y.to(device, non_blocking=True)
         folds = tuple(torch.as_tensor(f, device=device) for f in split.folds)
-        finetuner = FineTuner(
-            pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
-            compile=runtime.compile, cache_memory=runtime.cache_bytes,
-        )
         context = json.dumps(
             {
                 "model": pm.name,
@@ -139,7 +139,14 @@ class Session:
             },
             sort_keys=True,
         )
-        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, hashlib.sha1(context.encode()).hexdigest()[:16])
+        context = hashlib.sha1(context.encode()).hexdigest()[:16]
+        finetuner = FineTuner(
+            pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
+            compile=runtime.compile, cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
+            cache_namespace=f"{_slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
+                            f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
+        )
+        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context)
 
     def perform(self, request: RunRequest, on_epoch: Callable[[int, float, float], None] | None = None) -> RunOutcome:
         """Train one run; a final run (``fold=None``) is also scored on test at its best epoch."""

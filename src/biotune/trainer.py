@@ -64,7 +64,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     ``forward`` replaces ``model`` as the callable (e.g. a compiled or autocast wrapper).
     """
     model.eval()
-    forward = forward or model
+    forward = model if forward is None else forward
     correct = 0
     for start in range(0, len(x), batch_size):
         logits = forward(x[start : start + batch_size])
@@ -114,6 +114,8 @@ class FineTuner:
         compile: run the model through ``torch.compile``.
         cache_memory: byte budget of the exact frozen-prefix cache (0: off); see
             :mod:`biotune.prefix`.
+        cache_dir: where prefixes too large for ``cache_memory`` go (memory-mapped files).
+        cache_namespace: names this model's weights and preprocessing in those files.
 
     Example:
         >>> import timm, torch
@@ -137,6 +139,8 @@ class FineTuner:
         amp: bool = False,
         compile: bool = False,
         cache_memory: int = 0,
+        cache_dir: str | None = None,
+        cache_namespace: str = "prefix",
     ) -> None:
         self.model = model.to(device)
         if channels_last:
@@ -146,7 +150,10 @@ class FineTuner:
         self.device = device
         self.amp = bool(amp) and device.type == "cuda"
         self._forward = torch.compile(self.model) if compile else self.model
-        self.cache = PrefixCache(self.model, self.blocks, memory=cache_memory, autocast=self._autocast)
+        self.cache = PrefixCache(
+            self.model, self.blocks, memory=cache_memory, autocast=self._autocast, directory=cache_dir,
+            namespace=cache_namespace,
+        )
         self._initial = copy.deepcopy(self.model.state_dict())
         modules = dict(self.model.named_modules())
         self._block_modules = [[modules[p] for p in b.prefixes if p in modules] for b in self.blocks]
@@ -225,7 +232,9 @@ class FineTuner:
                 else:
                     x_train, x_val = cached
             if train_index is not None:
-                x_train, y_train = x_train[train_index], y_train[train_index]
+                x_train, y_train = x_train[train_index.to(x_train.device)], y_train[train_index]
+            # Features cached on disk are memory-mapped CPU tensors: read once per run.
+            x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
             stack.enter_context(bypass(self.model, cut))
             self._configure(mask)
             optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
