@@ -108,3 +108,18 @@ def test_process_executor_reports_each_run_once_after_a_kill():
         executor.run(requests, on_result)
     assert set(seen.values()) == {1} and len(seen) == len(requests)
     assert got == expected
+
+
+def test_local_ray_instance_listens_on_loopback_only():
+    ray = pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
+    from biotune.executor import RayExecutor
+
+    spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
+    executor = RayExecutor(spec, workers=1)
+    try:
+        nodes = ray.nodes()
+        assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    finally:
+        executor.close()
+    assert not ray.is_initialized()

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
+import signal
 import sys
 from typing import Sequence
 
@@ -13,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
-from .errors import BioTuneError
+from .errors import BioTuneError, scrub
 from .report import format_block_table, block_table
 from .search import SearchListener
 
@@ -61,6 +63,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help=f"mini-batch size ({_both('train', 'batch_size')})")
     g.add_argument("--no-train-bn", action="store_true", default=None,
                    help="keep BatchNorm statistics of trainable blocks frozen (eval mode)")
+    g.add_argument("--auto-batch-size", action="store_true",
+                   help="on out-of-memory, halve the batch size and retry the run instead of stopping")
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -165,7 +169,8 @@ def _runtime(args) -> RuntimeConfig:
     devices = None if args.devices is None else tuple(d.strip() for d in args.devices.split(",") if d.strip())
     return RuntimeConfig(
         device=args.device, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
-        cache_memory=args.cache_memory, cache_dir=args.cache_dir, threads=args.threads, executor=args.executor, workers=args.workers,
+        cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
+        threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address,
     )
 
@@ -268,6 +273,8 @@ def _cmd_search(args) -> int:
     print(f"test accuracy ({len(best['test_accuracies'])} runs)            : "
           f"{100 * best['test_accuracy_mean']:.2f}% ± {100 * best['test_accuracy_se']:.2f} (SE)")
     print(f"trainable parameters              : {best['trainable_percent']:.1f}%")
+    for failure in best["final_failures"]:
+        print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png, study.db)")
     return 0
@@ -297,6 +304,9 @@ def _cmd_finetune(args) -> int:
     print()
     print(f"test accuracy ({args.runs} runs): {100 * result.test_accuracy_mean:.2f}% ± {100 * result.test_accuracy_se:.2f} (SE)")
     print(f"trainable parameters : {result.trainable_percent:.1f}%")
+    for r in result.runs:
+        if r.diverged:
+            print(f"warning: run seed {r.seed} diverged ({r.failure}); its accuracy is that of its best epoch before, 0 if none")
     if args.output:
         from .report import write_json
 
@@ -337,18 +347,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
     commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks}
+    storage = getattr(args, "storage", None)
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return commands[args.command](args)
-    except BioTuneError as err:
-        print(f"biotune: error: {err}", file=sys.stderr)
-        return 2
-    except TypeError as err:  # config type checks
-        print(f"biotune: error: {err}", file=sys.stderr)
+    except (BioTuneError, TypeError) as err:  # TypeError: config type checks
+        print(f"biotune: error: {scrub(str(err), storage)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nbiotune: interrupted; finished evaluations are saved. Run the same command again to resume.",
-              file=sys.stderr)
+        if args.command == "search":
+            command = " ".join(shlex.quote(scrub(a, storage)) for a in ["biotune", *(sys.argv[1:] if argv is None else argv)])
+            print("\nbiotune: interrupted; every finished evaluation is saved. Resume with the same command:\n"
+                  f"  {command}", file=sys.stderr)
+        else:
+            print("\nbiotune: interrupted.", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":  # pragma: no cover

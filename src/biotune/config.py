@@ -248,6 +248,8 @@ class RuntimeConfig:
             ``"512M"``; ``"0"`` turns it off.
         cache_dir: where prefixes too large for ``cache_memory`` are kept as memory-mapped
             files (shared by worker processes and later runs); ``None``: they train uncached.
+        auto_batch_size: on out-of-memory, halve the batch size and retry the run instead
+            of stopping with an error.
         threads: intra-op CPU threads per process (default: torch's choice locally, the
             cores shared out between processes).
         executor: ``"local"`` (sequential, in this process), ``"processes"`` (one worker
@@ -265,6 +267,7 @@ class RuntimeConfig:
     compile: bool = False
     cache_memory: str = "2G"
     cache_dir: str | None = None
+    auto_batch_size: bool = False
     threads: int | None = None
     executor: str = "local"
     workers: int | None = None

@@ -25,7 +25,11 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class FinalRun:
-    """One final run: best validation accuracy, and test accuracy at that epoch."""
+    """One final run: best validation accuracy, and test accuracy at that epoch.
+
+    A run whose loss became NaN/inf stops there (``diverged``, ``failure`` says where); its
+    accuracies are those of its best epoch before, or 0 when it diverged in the first.
+    """
 
     seed: int
     val_accuracy: float
@@ -34,6 +38,7 @@ class FinalRun:
     epochs_run: int
     seconds: float
     diverged: bool
+    failure: str | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -84,7 +89,7 @@ def final_finetune(
     def finished(i: int, outcome: RunOutcome) -> None:
         run = FinalRun(
             todo[i], outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
-            outcome.epochs_run, outcome.seconds, outcome.diverged,
+            outcome.epochs_run, outcome.seconds, outcome.diverged, outcome.failure,
         )
         done[run.seed] = run
         if on_run is not None:

@@ -18,9 +18,12 @@ from .executor import Executor, OnEpoch
 from .genome import decode
 from .session import RunOutcome, RunRequest
 
-__all__ = ["Evaluation", "FitnessEvaluator", "fitness_from_accuracies"]
+__all__ = ["Evaluation", "FitnessEvaluator", "fitness_from_accuracies", "WORST_FITNESS"]
 
 logger = logging.getLogger(__name__)
+
+
+WORST_FITNESS = 1.0
 
 
 def fitness_from_accuracies(accuracies: Sequence[float]) -> float:
@@ -39,7 +42,9 @@ class Evaluation:
         fold: the fold trained on.
         seconds: training wall time spent now (0 when every seed came from the memo).
         trained: how many seed runs were trained now rather than read from the memo.
-        diverged: some run's loss became NaN or infinite.
+        diverged_seeds: seeds whose run's loss became NaN or infinite; the evaluation then
+            counts as failed and gets the worst fitness, 1 (``diverged`` is True).
+        failure: why it failed (which seed, where the loss diverged), or None.
     """
 
     fitness: float
@@ -48,7 +53,12 @@ class Evaluation:
     fold: int
     seconds: float
     trained: int
-    diverged: bool = False
+    diverged_seeds: tuple[int, ...] = ()
+    failure: str | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.diverged_seeds)
 
 
 class FitnessEvaluator:
@@ -81,11 +91,13 @@ class FitnessEvaluator:
         decoded = decode(genome, self.base_lr)
         return tuple(self._key(decoded, fold, s) for s in self.seeds)
 
-    def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float]) -> None:
+    def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float], diverged: Iterable[int] = ()) -> None:
         """Preload results of earlier runs (e.g. from the study on resume)."""
         decoded = decode(genome, self.base_lr)
+        diverged = set(diverged)
         for seed, acc in accuracies.items():
-            self._memo[self._key(decoded, fold, seed)] = RunOutcome(float(acc), 0, 0, 0.0, False)
+            failure = "diverged in an earlier process" if seed in diverged else None
+            self._memo[self._key(decoded, fold, seed)] = RunOutcome(float(acc), 0, 0, 0.0, seed in diverged, failure=failure)
 
     def is_memoised(self, genome: np.ndarray, fold: int) -> bool:
         return all(k in self._memo for k in self.run_keys(genome, fold))
@@ -136,22 +148,27 @@ class FitnessEvaluator:
         return out  # type: ignore[return-value]
 
     def _assemble(self, keys: Sequence[tuple], fold: int, fresh: dict[tuple, RunOutcome]) -> Evaluation:
-        accuracies = [self._memo[k].best_val_accuracy for k in keys]
+        outcomes = [self._memo[k] for k in keys]
+        accuracies = [o.best_val_accuracy for o in outcomes]
         trained = [fresh.pop(k) for k in keys if k in fresh]  # a shared run counts for its first item
+        diverged = [(s, o) for s, o in zip(self.seeds, outcomes) if o.diverged]
+        failure = "; ".join(f"seed {s}: {o.failure or 'diverged'}" for s, o in diverged) or None
         return Evaluation(
-            fitness=fitness_from_accuracies(accuracies),
+            # A diverged run fails the evaluation: worst fitness, whatever it reached before.
+            fitness=WORST_FITNESS if diverged else fitness_from_accuracies(accuracies),
             accuracies=tuple(accuracies),
             seeds=self.seeds,
             fold=fold,
             seconds=sum(o.seconds for o in trained),
             trained=len(trained),
-            diverged=any(o.diverged for o in trained),
+            diverged_seeds=tuple(s for s, _ in diverged),
+            failure=failure,
         )
 
-    def preload(self, records: Iterable[tuple[np.ndarray, int, dict[int, float]]]) -> int:
-        """Remember many ``(genome, fold, {seed: accuracy})`` records; returns how many runs."""
+    def preload(self, records: Iterable[tuple[np.ndarray, int, dict[int, float], Iterable[int]]]) -> int:
+        """Remember many ``(genome, fold, {seed: accuracy}, diverged seeds)`` records; returns how many runs."""
         n = 0
-        for genome, fold, accs in records:
-            self.remember(genome, fold, accs)
+        for genome, fold, accs, diverged in records:
+            self.remember(genome, fold, accs, diverged)
             n += len(accs)
         return n

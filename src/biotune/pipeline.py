@@ -7,8 +7,10 @@ search, fine-tune the best configuration, write the run directory. :func:`finetu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import logging
 import re
 import time
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
-from .errors import BioTuneError
+from .errors import BioTuneError, redact_url, scrub
 from .evolution import MemeticEvolution
 from .executor import make_executor
 from .final import FinalResult, FinalRun, final_finetune
@@ -88,7 +90,7 @@ def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name
                     f"--run-dir {path} holds a run with other settings ({diff}); "
                     "choose another --run-dir or repeat the same settings to resume"
                 )
-        elif any(path.iterdir()):
+        elif any(not p.name.startswith(".") for p in path.iterdir()):  # ignore .lock and temporary files
             raise BioTuneError(f"--run-dir {path} is not empty and holds no BioTune run (no config.json)")
     return path
 
@@ -103,8 +105,33 @@ def _make_dir(path: Path) -> None:
         raise BioTuneError(f"--run-dir {path} cannot be written ({err.strerror or err})") from None
 
 
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+@contextlib.contextmanager
+def _run_dir_lock(path: Path):
+    """Hold ``<run_dir>/.lock`` (an exclusive advisory lock) while a process works in ``path``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    lock_path = path / ".lock"
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise BioTuneError(
+                f"--run-dir {path} is in use by another biotune process (pid {holder}); wait for it to finish, "
+                "choose another --run-dir, or share a --storage deliberately"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def run(
@@ -146,9 +173,32 @@ def run(
     spec = SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, runtime)
     session = Session.from_spec(spec)
     path = _resolve_run_dir(run_dir, config, session.dataset_name)
+    document = _config_document(config, session, runtime, path, storage)
+    names = gene_names([b.name for b in session.blocks])
+    store = None
+    if storage is not None:  # a storage of the user's: reachable? (before touching the run directory)
+        store = _open_store(storage, path, names, document)
     _make_dir(path)
-    storage_url = storage or f"sqlite:///{(path / 'study.db').resolve()}"
-    study_name = f"biotune-{path.name}"
+    # One process per run directory, unless the user shares an explicit storage on purpose.
+    with _run_dir_lock(path) if storage is None else contextlib.nullcontext():
+        store = store or _open_store(f"sqlite:///{(path / 'study.db').resolve()}", path, names, document)
+        for stale in path.glob(".*.tmp"):  # left by a process killed while writing a report
+            stale.unlink(missing_ok=True)
+        if not (path / "config.json").is_file():
+            write_json(path / "config.json", document)
+        return _run_in(path, config, spec, session, store, runtime, listener)
+
+
+def _open_store(url: str, path: Path, names, document) -> TrialStore:
+    try:
+        return TrialStore(url, f"biotune-{path.name}", names, _comparable(document))
+    except BioTuneError as err:
+        raise BioTuneError(f"--storage {redact_url(url)}: {scrub(str(err), url)}") from None
+
+
+def _config_document(config: RunConfig, session: Session, runtime: RuntimeConfig, path: Path, storage) -> dict:
+    """``config.json``: the settings, and what they resolved to (passwords redacted)."""
+    s = config.search
     document = config.to_dict()
     document["resolved"] = {
         "weights": session.pretrained.weights,
@@ -157,15 +207,16 @@ def run(
         "n_folds": s.n_folds,
         "search_seeds": list(training_seeds(s.seed, SEARCH_SEEDS, s.seeds)),
         "final_seeds": list(training_seeds(s.seed, FINAL_SEEDS, s.final_runs)),
-        "storage": _redact(storage_url),
-        "study_name": study_name,
+        "storage": redact_url(storage or f"sqlite:///{(path / 'study.db').resolve()}"),
+        "study_name": f"biotune-{path.name}",
         "device": str(session.finetuner.device),
         "executor": runtime.executor,
     }
-    if not (path / "config.json").is_file():
-        write_json(path / "config.json", document)
-    names = gene_names([b.name for b in session.blocks])
-    store = TrialStore(storage_url, study_name, names, _comparable(document))
+    return document
+
+
+def _run_in(path, config, spec, session, store, runtime, listener) -> RunResult:
+    s = config.search
     engine = MemeticEvolution(
         len(session.blocks),
         population_size=s.population,
@@ -229,6 +280,7 @@ def _best_document(session: Session, config: RunConfig, result: SearchResult, fi
         "test_accuracies": [r.test_accuracy for r in final.runs],
         "val_accuracy_final_mean": final.val_accuracy_mean,
         "trainable_percent": final.trainable_percent,
+        "final_failures": [f"seed {r.seed}: {r.failure or 'diverged'}" for r in final.runs if r.diverged],
         "model": config.model.to_dict(),
         "train": config.train.to_dict(),
         "base_lr": config.train.lr,

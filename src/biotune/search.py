@@ -107,7 +107,8 @@ def run_search(
     n_folds = evaluator.n_folds
     stored = store.completed()
     evaluator.preload(
-        (np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)))
+        (np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)),
+         item.evaluation.diverged_seeds)
         for item in stored.values()
     )
     if stored:

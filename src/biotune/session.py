@@ -75,6 +75,7 @@ class RunOutcome:
     diverged: bool
     prefix_depth: int = 0
     test_accuracy: float | None = None
+    failure: str | None = None
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Session:
         finetuner = FineTuner(
             pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
             compile=runtime.compile, cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
+            auto_batch_size=runtime.auto_batch_size,
             cache_namespace=f"{_slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
                             f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
         )
@@ -167,4 +169,5 @@ class Session:
             diverged=result.diverged,
             prefix_depth=result.prefix_depth,
             test_accuracy=test,
+            failure=result.failure,
         )

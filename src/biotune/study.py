@@ -113,7 +113,8 @@ class TrialStore:
                 fold=int(a["fold"]),
                 seconds=float(a.get("seconds", 0.0)),
                 trained=int(a.get("trained", len(seeds))),
-                diverged=bool(a.get("diverged", False)),
+                diverged_seeds=tuple(int(s) for s in a.get("diverged_seeds", ())),
+                failure=a.get("failure"),
             )
             genes = tuple(float(t.params[n]) for n in self.param_names)
             key = (int(a["generation"]), int(a["slot"]))
@@ -144,7 +145,11 @@ class TrialStore:
         trial.set_user_attr("accuracies", list(evaluation.accuracies))
         trial.set_user_attr("seconds", evaluation.seconds)
         trial.set_user_attr("trained", evaluation.trained)
-        trial.set_user_attr("diverged", evaluation.diverged)
+        trial.set_user_attr("diverged_seeds", list(evaluation.diverged_seeds))
+        if evaluation.failure:
+            # Diverged: completed with the worst fitness, so a resumed search reads it back.
+            trial.set_user_attr("failure", evaluation.failure)
+            logger.warning("trial %d failed: %s (scored %.1f)", trial.number, evaluation.failure, evaluation.fitness)
         self.study.tell(trial, evaluation.fitness)
         return trial.number
 

@@ -72,6 +72,13 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
     return correct / max(1, len(x))
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one run produced.
@@ -84,6 +91,9 @@ class TrainResult:
         val_accuracies, train_losses: per-epoch history.
         seconds: wall time.
         diverged: the loss became NaN or infinite; training stopped there.
+        failure: why the run failed (e.g. where the loss became NaN), or None.
+        batch_size: the training batch size used (lower than configured after an
+            out-of-memory retry with ``auto_batch_size``).
         best_state: weights at the best epoch, kept only when asked for.
         prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
     """
@@ -98,6 +108,8 @@ class TrainResult:
     diverged: bool = False
     best_state: dict | None = field(default=None, repr=False, compare=False)
     prefix_depth: int = 0
+    failure: str | None = None
+    batch_size: int = 0
 
 
 class FineTuner:
@@ -116,6 +128,8 @@ class FineTuner:
             :mod:`biotune.prefix`.
         cache_dir: where prefixes too large for ``cache_memory`` go (memory-mapped files).
         cache_namespace: names this model's weights and preprocessing in those files.
+        auto_batch_size: on out-of-memory, halve the batch size and retry the run (the
+            smaller size then sticks); without it, a clear error names the batch size.
 
     Example:
         >>> import timm, torch
@@ -141,6 +155,7 @@ class FineTuner:
         cache_memory: int = 0,
         cache_dir: str | None = None,
         cache_namespace: str = "prefix",
+        auto_batch_size: bool = False,
     ) -> None:
         self.model = model.to(device)
         if channels_last:
@@ -149,6 +164,9 @@ class FineTuner:
         self.config = config
         self.device = device
         self.amp = bool(amp) and device.type == "cuda"
+        self.auto_batch_size = auto_batch_size
+        self.batch_size = config.batch_size
+        self.eval_batch_size = 512
         self._forward = torch.compile(self.model) if compile else self.model
         self.cache = PrefixCache(
             self.model, self.blocks, memory=cache_memory, autocast=self._autocast, directory=cache_dir,
@@ -216,6 +234,24 @@ class FineTuner:
         mask = [lr > 0 for lr in lrs]
         if not any(mask):
             raise BioTuneError("every block is frozen: at least one learning rate must be positive")
+        while True:
+            try:
+                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index)
+            except (RuntimeError, MemoryError) as err:
+                if not _is_out_of_memory(err):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not self.auto_batch_size or self.batch_size == 1:
+                    raise BioTuneError(
+                        f"out of memory on {self.device} with batch size {self.batch_size}: lower --batch-size, "
+                        "or pass --auto-batch-size to halve it and retry automatically"
+                    ) from None
+                self.batch_size //= 2
+                self.eval_batch_size = max(1, self.eval_batch_size // 2)
+                logger.warning("out of memory on %s: retrying the run with batch size %d", self.device, self.batch_size)
+
+    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index) -> TrainResult:
         cfg = self.config
         start = time.perf_counter()
         (x_train, y_train), (x_val, y_val) = train, val
@@ -238,23 +274,25 @@ class FineTuner:
             stack.enter_context(bypass(self.model, cut))
             self._configure(mask)
             optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
-            steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
+            batch_size = self.batch_size
+            steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
             shuffle = torch.Generator(device="cpu").manual_seed(seed)
             loss_fn = nn.CrossEntropyLoss()
-            best, best_epoch, best_state, stale, diverged = -1.0, 0, None, 0, False
+            best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
             val_hist: list[float] = []
             loss_hist: list[float] = []
             for epoch in range(1, cfg.epochs + 1):
                 self._configure(mask)
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
                 total, count = 0.0, 0
-                for i in range(0, len(order), cfg.batch_size):
-                    idx = order[i : i + cfg.batch_size]
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
                     with self._autocast():
                         loss = loss_fn(self._forward(x_train[idx]), y_train[idx])
                     if not torch.isfinite(loss):
                         diverged = True
+                        failure = f"training loss became {loss.item()} at epoch {epoch}, step {i // batch_size + 1}"
                         break
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -266,7 +304,7 @@ class FineTuner:
                     logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
                     break
                 with self._autocast():
-                    acc = evaluate_accuracy(self.model, x_val, y_val, forward=self._forward)
+                    acc = evaluate_accuracy(self.model, x_val, y_val, self.eval_batch_size, forward=self._forward)
                 val_hist.append(acc)
                 loss_hist.append(total / max(1, count))
                 if on_epoch is not None:
@@ -290,6 +328,8 @@ class FineTuner:
             diverged=diverged,
             best_state=best_state,
             prefix_depth=0 if cut is None else cut.depth,
+            failure=failure,
+            batch_size=batch_size,
         )
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
@@ -297,4 +337,4 @@ class FineTuner:
         if state is not None:
             self.model.load_state_dict(state)
         with self._autocast():
-            return evaluate_accuracy(self.model, x, y, forward=self._forward)
+            return evaluate_accuracy(self.model, x, y, self.eval_batch_size, forward=self._forward)

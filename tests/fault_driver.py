@@ -1,0 +1,75 @@
+"""Runs the ``biotune`` command line with a SIGKILL planted at one point (used by test_faults.py).
+
+Usage: python fault_driver.py POINT N -- BIOTUNE-ARGS...
+
+POINT is where the process kills itself, at the N-th occurrence in this process:
+``evaluation`` (after an epoch of a search run, mid-evaluation), ``generation`` (right after
+the engine is told a generation's fitness), ``final`` (after an epoch of a final run) or
+``report`` (a report file fully written to its temporary name, before the rename).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def main() -> int:
+    point, n = sys.argv[1], int(sys.argv[2])
+    args = sys.argv[sys.argv.index("--") + 1 :]
+    count = 0
+    state = {"final": False}
+
+    def tick() -> None:
+        nonlocal count
+        count += 1
+        if count == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    import biotune.trainer as trainer
+    from biotune.evolution import MemeticEvolution
+    from biotune.session import Session
+
+    evaluate = trainer.evaluate_accuracy
+    perform = Session.perform
+
+    def counted_evaluate(*a, **k):
+        result = evaluate(*a, **k)
+        if (point == "evaluation" and not state["final"]) or (point == "final" and state["final"]):
+            tick()
+        return result
+
+    def flagged_perform(self, request, on_epoch=None):
+        state["final"] = request.fold is None
+        return perform(self, request, on_epoch)
+
+    trainer.evaluate_accuracy = counted_evaluate
+    Session.perform = flagged_perform
+    if point == "generation":
+        tell = MemeticEvolution.tell
+
+        def counted_tell(self, fitnesses):
+            stats = tell(self, fitnesses)
+            tick()
+            return stats
+
+        MemeticEvolution.tell = counted_tell
+    elif point == "report":
+        replace = os.replace
+        reports = {"best.json", "heatmap.png", "history.csv", "convergence.png"}
+
+        def counted_replace(src, dst, *a, **k):
+            if os.path.basename(dst) in reports:
+                tick()
+            return replace(src, dst, *a, **k)
+
+        os.replace = counted_replace
+
+    from biotune.cli import main as cli
+
+    return cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
