@@ -306,8 +306,10 @@ class Configuration:
     block_names: tuple[str, ...]
     train: TrainConfig | None = None
     image_size: int | None = None
+    source: str = "configuration"
 
-    def check_blocks(self, blocks: Sequence[Block], source: str = "configuration") -> None:
+    def check_blocks(self, blocks: Sequence[Block], source: str | None = None) -> None:
+        source = source or self.source
         names = tuple(b.name for b in blocks)
         if len(names) != len(self.block_names):
             raise BioTuneError(
@@ -359,7 +361,7 @@ def load_configuration(path: str | Path) -> Configuration:
         raise BioTuneError(f"--config {path}: malformed ({err})") from None
     except BioTuneError as err:
         raise BioTuneError(f"--config {path}: {err}") from None
-    return Configuration(tuple(float(g) for g in genes), model, names, train, image_size)
+    return Configuration(tuple(float(g) for g in genes), model, names, train, image_size, source=f"--config {path}")
 
 
 def finetune(
@@ -391,7 +393,7 @@ def finetune(
     runtime = runtime or RuntimeConfig()
     spec = SessionSpec(model, data or DataConfig(), train, 1, seed, runtime)
     session = Session.from_spec(spec)
-    cfg.check_blocks(session.blocks, "--config")
+    cfg.check_blocks(session.blocks)
     listener = listener or SearchListener()
     listener.on_final_start(runs)
     with make_executor(runtime, spec, session) as executor:
