@@ -166,6 +166,7 @@ class ProcessExecutor(Executor):
 
 # ---------------------------------------------------------------------------- ray
 _RAY_SESSIONS: dict[SessionSpec, Session] = {}
+_RAY_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _perform_on_ray(spec: SessionSpec, request: RunRequest, threads: int) -> RunOutcome:
@@ -204,10 +205,19 @@ class RayExecutor(Executor):
         gpus: float | None = None,
         max_retries: int = 2,
     ) -> None:
+        if address is None:
+            # A local instance must listen on the loopback address only. Ray does that where it
+            # runs single-node (macOS, Windows); this switch asks for the same on Linux. It is
+            # read by Ray's processes (environment) and by an already imported ray (constant).
+            os.environ[_RAY_LOCAL_ONLY] = "0"
         try:
             import ray
         except ImportError:
             raise BioTuneError("the ray executor needs Ray: pip install 'biotune[ray]'") from None
+        if address is None:
+            import ray._private.ray_constants as ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         self._ray = ray
         self._owns = False
         if gpus is None:
@@ -216,7 +226,6 @@ class RayExecutor(Executor):
             kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if address is None:
                 workers = workers or max(1, (os.cpu_count() or 1) // 2 // threads)
-                # A local instance listens on the loopback address only.
                 ray.init(num_cpus=workers * threads, num_gpus=None if gpus else 0, _node_ip_address="127.0.0.1", **kwargs)
             else:
                 try:
