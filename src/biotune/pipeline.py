@@ -39,6 +39,7 @@ __all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration"
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class RunResult:
     """Everything a search run produced (also on disk in ``run_dir``)."""
