@@ -47,7 +47,12 @@ def _add_model_options(p: argparse.ArgumentParser, *, search: bool) -> None:
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
-                   help="'digits' (bundled, offline), an .npz file, or an ImageFolder directory (default: digits)")
+                   help="'digits' (bundled, offline); a name: mnist, usps, svhn, cifar10, stl10, flowers102, "
+                        "fgvc_aircraft, dtd, isic (official splits, from --data-dir, downloaded when online); "
+                        "an .npz file; or an ImageFolder directory (default: digits)")
+    g.add_argument("--data-dir", default=None,
+                   help="cache directory of named datasets; a <name>.npz there is used as is "
+                        "(default: $BIOTUNE_DATA, else ~/.cache/biotune/data)")
     g.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels; images are resized once (default: 32 with the quick preset, "
                         "the model's pretrained size otherwise)")
@@ -168,7 +173,7 @@ def _train_overrides(args) -> dict[str, object]:
 def _runtime(args) -> RuntimeConfig:
     devices = None if args.devices is None else tuple(d.strip() for d in args.devices.split(",") if d.strip())
     return RuntimeConfig(
-        device=args.device, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
+        device=args.device, data_dir=args.data_dir, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
         cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
         threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address,

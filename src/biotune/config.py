@@ -241,6 +241,8 @@ class RuntimeConfig:
 
     Attributes:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        data_dir: cache directory of datasets given by name (default ``$BIOTUNE_DATA`` or
+            ``~/.cache/biotune/data``); downloads go there.
         channels_last: store images and weights in NHWC memory format (faster on CPU and GPU).
         amp: bf16 autocast on CUDA (ignored on CPU, where it did not help).
         compile: run the model through ``torch.compile``.
@@ -262,6 +264,7 @@ class RuntimeConfig:
     """
 
     device: str = "auto"
+    data_dir: str | None = None
     channels_last: bool = True
     amp: bool = True
     compile: bool = False

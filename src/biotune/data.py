@@ -184,13 +184,20 @@ def _read_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
-            img = img.convert("RGB")
+            return _fit_image(img, size)
     except Exception as err:  # PIL raises many types for bad files
         raise BioTuneError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+
+def _fit_image(img, size: int) -> np.ndarray:
+    """A PIL image as 8-bit RGB (16-bit scaled down), short side resized to ``size``, centre-cropped."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.round(arr / peak * 255).astype(np.uint8))
+    img = img.convert("RGB")
     w, h = img.size
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
@@ -238,13 +245,17 @@ def _load_folder(root: Path, size: int) -> ImageDataset:
     return _make_dataset(root.name, str(root), classes, arrays)
 
 
-def load_dataset(spec: str, *, image_size: int = 224) -> ImageDataset:
+def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = None) -> ImageDataset:
     """Load a dataset by name or path.
 
     Args:
-        spec: ``"digits"``, a ``.npz`` path, or an ImageFolder directory.
+        spec: ``"digits"``, one of the paper's dataset names (``mnist``, ``usps``, ``svhn``,
+            ``cifar10``, ``stl10``, ``flowers102``, ``fgvc_aircraft``, ``dtd``, ``isic``; see
+            :mod:`biotune.catalog`), a ``.npz`` path, or an ImageFolder directory.
         image_size: side to which ImageFolder images are resized on reading (short side,
             centre crop); arrays from ``digits`` and ``.npz`` keep their stored size.
+        data_dir: cache directory of named datasets (default ``$BIOTUNE_DATA`` or
+            ``~/.cache/biotune/data``).
 
     Raises:
         BioTuneError: unknown name, missing or corrupt file, inconsistent arrays or labels.
@@ -256,6 +267,10 @@ def load_dataset(spec: str, *, image_size: int = 224) -> ImageDataset:
     """
     if spec == "digits":
         return _load_digits()
+    from .catalog import NAMES, load_named
+
+    if spec in NAMES:
+        return load_named(spec, data_dir=data_dir, image_size=image_size)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_folder(path, image_size)
@@ -264,7 +279,8 @@ def load_dataset(spec: str, *, image_size: int = 224) -> ImageDataset:
             raise BioTuneError(f"dataset file {spec} does not exist")
         return _load_npz(path)
     raise BioTuneError(
-        f"unknown dataset {spec!r}: give 'digits', the path of an .npz file, or an ImageFolder directory"
+        f"unknown dataset {spec!r}: give 'digits', a name ({', '.join(NAMES)}), the path of an .npz file, "
+        "or an ImageFolder directory"
     )
 
 

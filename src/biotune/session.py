@@ -111,7 +111,7 @@ class Session:
         device = runtime.resolve_device()
         # The model's input size must be known before an ImageFolder is read.
         default_size = default_input_size(model.name)
-        ds = load_dataset(data.dataset, image_size=data.image_size or default_size)
+        ds = load_dataset(data.dataset, image_size=data.image_size or default_size, data_dir=runtime.data_dir)
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
