@@ -24,7 +24,7 @@ from .errors import BioTuneError
 from .models import Block, reset_head
 from .prefix import PrefixCache, bypass
 
-__all__ = ["TrainResult", "FineTuner", "param_groups", "evaluate_accuracy"]
+__all__ = ["TrainResult", "FineTuner", "Regime", "param_groups", "evaluate_accuracy"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,22 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
         logits = forward(x[start : start + batch_size])
         correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
     return correct / max(1, len(x))
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How a baseline departs from plain per-block fine-tuning (see :mod:`biotune.baselines`).
+
+    Attributes:
+        penalty: a term added to the loss at every step, computed from the model (L2-SP,
+            L1-SP); its value is not part of the reported training loss.
+        masks: the trainable blocks of each epoch (index epoch − 1; the last one holds for
+            the epochs after). Blocks must have a positive learning rate to be trainable.
+            Early stopping counts only from the epoch where the mask stops changing.
+    """
+
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None
+    masks: tuple[tuple[bool, ...], ...] | None = None
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -177,6 +193,11 @@ class FineTuner:
         self._block_modules = [[modules[p] for p in b.prefixes if p in modules] for b in self.blocks]
         self._params = dict(self.model.named_parameters())
 
+    @property
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The pretrained weights every run starts from (do not modify)."""
+        return self._initial
+
     def _configure(self, mask: Sequence[bool]) -> None:
         """Set requires_grad and train/eval mode per block."""
         self.model.train()
@@ -211,6 +232,7 @@ class FineTuner:
         keep_best: bool = False,
         on_epoch: Callable[[int, float, float], None] | None = None,
         train_index: torch.Tensor | None = None,
+        regime: Regime | None = None,
     ) -> TrainResult:
         """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
 
@@ -225,6 +247,7 @@ class FineTuner:
                 training set with an index, rather than a slice, so its prefix cache is shared.
             keep_best: keep the weights of the best epoch in the result (``best_state``).
             on_epoch: called as ``on_epoch(epoch, val_accuracy, train_loss)``.
+            regime: a loss penalty and/or per-epoch trainable blocks (baselines).
 
         Raises:
             BioTuneError: every learning rate is 0 or the wrong number is given.
@@ -236,7 +259,7 @@ class FineTuner:
             raise BioTuneError("every block is frozen: at least one learning rate must be positive")
         while True:
             try:
-                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index)
+                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime or Regime())
             except (RuntimeError, MemoryError) as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -251,8 +274,13 @@ class FineTuner:
                 self.eval_batch_size = max(1, self.eval_batch_size // 2)
                 logger.warning("out of memory on %s: retrying the run with batch size %d", self.device, self.batch_size)
 
-    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index) -> TrainResult:
+    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime: Regime) -> TrainResult:
         cfg = self.config
+        masks = [list(mask)] if regime.masks is None else [[m and t for m, t in zip(e, mask)] for e in regime.masks]
+        if any(len(m) != len(self.blocks) for m in masks):
+            raise BioTuneError(f"a regime mask does not have one entry per block ({len(self.blocks)})")
+        settled = len(masks)  # from this epoch on the trainable set no longer changes
+        ever = [any(m[b] for m in masks) for b in range(len(self.blocks))]
         start = time.perf_counter()
         (x_train, y_train), (x_val, y_val) = train, val
         with contextlib.ExitStack() as stack:
@@ -260,7 +288,7 @@ class FineTuner:
             stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
             torch.manual_seed(seed)
             self.restore(seed)  # the prefix cache is computed from these pristine weights
-            cut = self.cache.cut_for(mask, x_val)
+            cut = self.cache.cut_for(ever, x_val)  # only blocks frozen in every epoch
             if cut is not None:
                 cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
                 if cached[0] is None or cached[1] is None:
@@ -272,7 +300,7 @@ class FineTuner:
             # Features cached on disk are memory-mapped CPU tensors: read once per run.
             x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
             stack.enter_context(bypass(self.model, cut))
-            self._configure(mask)
+            self._configure(masks[0])
             optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
             batch_size = self.batch_size
             steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
@@ -283,19 +311,20 @@ class FineTuner:
             val_hist: list[float] = []
             loss_hist: list[float] = []
             for epoch in range(1, cfg.epochs + 1):
-                self._configure(mask)
+                self._configure(masks[min(epoch, len(masks)) - 1])
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
                 total, count = 0.0, 0
                 for i in range(0, len(order), batch_size):
                     idx = order[i : i + batch_size]
                     with self._autocast():
                         loss = loss_fn(self._forward(x_train[idx]), y_train[idx])
-                    if not torch.isfinite(loss):
+                        objective = loss if regime.penalty is None else loss + regime.penalty(self.model)
+                    if not torch.isfinite(objective):
                         diverged = True
-                        failure = f"training loss became {loss.item()} at epoch {epoch}, step {i // batch_size + 1}"
+                        failure = f"training loss became {objective.item()} at epoch {epoch}, step {i // batch_size + 1}"
                         break
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    objective.backward()
                     optimizer.step()
                     scheduler.step()
                     total += loss.item() * len(idx)
@@ -313,7 +342,7 @@ class FineTuner:
                     best, best_epoch, stale = acc, epoch, 0
                     if keep_best:
                         best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                else:
+                elif epoch >= settled:
                     stale += 1
                     if stale >= cfg.patience:
                         break

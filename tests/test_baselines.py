@@ -1,0 +1,118 @@
+"""Baselines on the shared trainer: each method's defining property on a tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biotune.baselines import SPPenalty, baseline_plan, gradual_masks
+from biotune.config import TrainConfig
+from biotune.errors import BioTuneError
+from biotune.models import build_model, partition_model
+from biotune.trainer import FineTuner
+
+
+def _tuner(epochs: int = 2, patience: int = 2) -> FineTuner:
+    pm = build_model("test_efficientnet", 3, weights="random", seed=0)
+    return FineTuner(pm.model, partition_model(pm.model), TrainConfig(epochs=epochs, patience=patience, batch_size=16),
+                     torch.device("cpu"), cache_memory=0)
+
+
+def _data(n: int = 48):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _changed_blocks(tuner: FineTuner, before: dict, after: dict) -> list[bool]:
+    return [any(not torch.equal(before[n], after[n]) for n in b.param_names) for b in tuner.blocks]
+
+
+def test_lp_changes_only_the_head():
+    tuner = _tuner()
+    x, y = _data()
+    plan = baseline_plan("lp", tuner.model, tuner.blocks, tuner.initial_state, 1e-2)
+    result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, keep_best=True)
+    start = dict(tuner.initial_state)
+    changed = _changed_blocks(tuner, start, result.best_state)
+    assert changed == [False] * (len(tuner.blocks) - 1) + [True]
+    buffers = [k for k in start if "running_mean" in k]
+    assert all(torch.equal(start[k], result.best_state[k]) for k in buffers)  # features stay in eval mode
+
+
+def test_l2sp_penalty_is_zero_at_w0_and_its_gradient_is_alpha_times_the_distance():
+    tuner = _tuner()
+    model, blocks = tuner.model, tuner.blocks
+    model.load_state_dict(tuner.initial_state)
+    penalty = SPPenalty(model, blocks, tuner.initial_state, alpha=0.1, beta=0.0)
+    assert penalty(model).item() == 0.0
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.zero_grad()
+    penalty(model).backward()
+    for block in blocks[:-1]:
+        for name in block.param_names:
+            torch.testing.assert_close(params[name].grad, 0.1 * (params[name] - tuner.initial_state[name]))
+    head = SPPenalty(model, blocks, tuner.initial_state, alpha=0.0, beta=0.01)
+    model.zero_grad()
+    head(model).backward()
+    for name in blocks[-1].param_names:
+        torch.testing.assert_close(params[name].grad, 0.01 * params[name])
+
+
+def test_l1sp_gradient_is_alpha_times_the_sign_and_kernels_only_skips_vectors():
+    tuner = _tuner()
+    model, blocks = tuner.model, tuner.blocks
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(torch.randn_like(p) * 0.01)
+    penalty = SPPenalty(model, blocks, tuner.initial_state, alpha=0.5, beta=0.0, norm="l1", kernels_only=True)
+    model.zero_grad()
+    penalty(model).backward()
+    for block in blocks[:-1]:
+        for name in block.param_names:
+            p = params[name]
+            expected = 0.5 * torch.sign(p - tuner.initial_state[name]) if p.dim() >= 2 else torch.zeros_like(p)
+            got = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(got, expected)
+
+
+def test_l2sp_keeps_weights_closer_to_w0_than_ft():
+    x, y = _data()
+    distance = {}
+    for method, alpha in (("ft", 0.0), ("l2sp", 50.0)):
+        tuner = _tuner(epochs=3, patience=3)
+        plan = baseline_plan(method, tuner.model, tuner.blocks, tuner.initial_state, 1e-2, alpha=alpha)
+        result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, keep_best=True, regime=plan.regime)
+        backbone = [n for b in tuner.blocks[:-1] for n in b.param_names]
+        distance[method] = sum(float((result.best_state[n] - tuner.initial_state[n]).pow(2).sum()) for n in backbone)
+    assert distance["l2sp"] < distance["ft"]
+
+
+@pytest.mark.parametrize("order", ["glf", "gfl"])
+def test_gradual_unfreezing_trains_the_scheduled_blocks_each_epoch(order):
+    tuner = _tuner(epochs=len(gradual_masks(7, order)) + 1, patience=1)
+    x, y = _data()
+    plan = baseline_plan(order, tuner.model, tuner.blocks, tuner.initial_state, 1e-2)
+    snapshots = [{k: v.clone() for k, v in tuner.initial_state.items()}]
+
+    def record(epoch, acc, loss):
+        snapshots.append({k: v.detach().clone() for k, v in tuner.model.state_dict().items()})
+
+    result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, on_epoch=record, regime=plan.regime)
+    masks = plan.regime.masks
+    assert result.epochs_run >= len(masks)  # no early stop before every block is unfrozen
+    # Epoch 1 starts from the restored model with a freshly seeded head: compare from epoch 2 on.
+    for epoch in range(2, result.epochs_run + 1):
+        expected = list(masks[min(epoch, len(masks)) - 1])
+        assert _changed_blocks(tuner, snapshots[epoch - 1], snapshots[epoch]) == expected, epoch
+
+
+def test_unknown_baseline_and_order():
+    tuner = _tuner()
+    with pytest.raises(BioTuneError, match="unknown baseline 'foo'"):
+        baseline_plan("foo", tuner.model, tuner.blocks, tuner.initial_state, 1e-3)
+    with pytest.raises(BioTuneError, match="order"):
+        gradual_masks(3, "middle")
