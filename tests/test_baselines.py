@@ -116,3 +116,25 @@ def test_unknown_baseline_and_order():
         baseline_plan("foo", tuner.model, tuner.blocks, tuner.initial_state, 1e-3)
     with pytest.raises(BioTuneError, match="order"):
         gradual_masks(3, "middle")
+
+
+def test_autorgn_multipliers_are_in_0_1_with_max_1_each_epoch():
+    tuner = _tuner(epochs=3, patience=3)
+    x, y = _data(96)
+    plan = baseline_plan("autorgn", tuner.model, tuner.blocks, tuner.initial_state, 1e-3)
+    result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, regime=plan.regime)
+    assert len(result.lr_multipliers) == result.epochs_run == 3
+    n_tensors = sum(1 for _ in tuner.model.parameters())
+    for mults in result.lr_multipliers:
+        assert len(mults) == n_tensors
+        assert all(0.0 < m <= 1.0 for m in mults.values()) and max(mults.values()) == 1.0
+    assert len({round(m, 6) for m in result.lr_multipliers[0].values()}) > 3  # tensors really differ
+    ft = _tuner(epochs=3, patience=3).run(plan.lrs, (x, y), (x, y), seed=0)  # same rates, no rescaling
+    assert ft.train_losses[1:] != result.train_losses[1:]  # the multipliers change the updates
+
+
+def test_rgn_multipliers_on_known_numbers():
+    from biotune.trainer import rgn_multipliers
+
+    got = rgn_multipliers({"a": 2.0, "b": 1.0, "zero_weight": float("inf"), "zero_grad": 0.0})
+    assert got == {"a": 1.0, "b": 0.5, "zero_weight": 1.0, "zero_grad": 1e-12}

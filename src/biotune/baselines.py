@@ -1,4 +1,4 @@
-"""Baseline fine-tuning methods on the shared trainer: FT, LP, L2-SP, L1-SP, G-LF, G-FL.
+"""Baseline fine-tuning methods on the shared trainer: FT, LP, L2-SP, L1-SP, G-LF, G-FL, AutoRGN.
 
 Each method is a choice of per-block learning rates plus, where needed, a :class:`Regime`
 (a loss penalty or per-epoch trainable blocks) for :meth:`FineTuner.run`, so every method uses
@@ -13,6 +13,13 @@ the same data, epochs budget, schedule and early stopping as BioTune's own runs.
 - ``glf`` / ``gfl``: gradual unfreezing, one block per epoch, from the head toward the stem
   (last-to-first, ULMFiT) or from the stem toward the head after a head-only first epoch
   (first-to-last); once every block is unfrozen, training goes on until early stopping.
+- ``autorgn`` (surgical fine-tuning, Lee et al. 2023): at the start of every epoch, each
+  parameter tensor's learning rate is the base rate times its relative gradient norm
+  ‖g‖/‖w‖, averaged over the epoch's first 5 mini-batches and divided by the largest.
+  Deviations from the authors' code: Adam is kept across epochs (they rebuild it each epoch,
+  which resets its moments) with the rates rescaled in place, so the cosine schedule goes on;
+  BatchNorm tensors are included (they skip tensors named ``bn``); a tensor with a zero weight
+  norm gets multiplier 1 (the ratio is undefined).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from .trainer import Regime
 
 __all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan"]
 
-BASELINES = ("ft", "lp", "l2sp", "l1sp", "glf", "gfl")
+BASELINES = ("ft", "lp", "l2sp", "l1sp", "glf", "gfl", "autorgn")
+RGN_BATCHES = 5
 
 
 class SPPenalty:
@@ -138,4 +146,6 @@ def baseline_plan(
         return Plan(every, Regime(penalty=penalty))
     if method in ("glf", "gfl"):
         return Plan(every, Regime(masks=gradual_masks(n, method)))
+    if method == "autorgn":
+        return Plan(every, Regime(rgn_batches=RGN_BATCHES))
     raise BioTuneError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")

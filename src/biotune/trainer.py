@@ -24,7 +24,7 @@ from .errors import BioTuneError
 from .models import Block, reset_head
 from .prefix import PrefixCache, bypass
 
-__all__ = ["TrainResult", "FineTuner", "Regime", "param_groups", "evaluate_accuracy"]
+__all__ = ["TrainResult", "FineTuner", "Regime", "param_groups", "evaluate_accuracy", "rgn_multipliers"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,30 @@ class Regime:
         masks: the trainable blocks of each epoch (index epoch − 1; the last one holds for
             the epochs after). Blocks must have a positive learning rate to be trainable.
             Early stopping counts only from the epoch where the mask stops changing.
+        rgn_batches: AutoRGN when positive: one parameter group per tensor, and at the start
+            of every epoch each tensor's learning rate is scaled by its relative gradient
+            norm ‖g‖/‖w‖, averaged over this many mini-batches and divided by the largest
+            (see :func:`rgn_multipliers`).
     """
 
     penalty: Callable[[nn.Module], torch.Tensor] | None = None
     masks: tuple[tuple[bool, ...], ...] | None = None
+    rgn_batches: int = 0
+
+
+def rgn_multipliers(ratios: dict[str, float]) -> dict[str, float]:
+    """AutoRGN learning-rate multipliers: relative gradient norms divided by the largest.
+
+    A tensor with a zero weight norm (e.g. a zero-initialised bias) has no defined ratio; it is
+    given ``inf`` by the caller and the multiplier 1. A zero gradient gives the smallest
+    positive multiplier (1e-12) rather than 0, so every multiplier is in (0, 1].
+    """
+    finite = [r for r in ratios.values() if math.isfinite(r)]
+    top = max(finite, default=0.0)
+    out = {}
+    for name, r in ratios.items():
+        out[name] = 1.0 if not math.isfinite(r) or top <= 0 else max(r / top, 1e-12)
+    return out
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -110,6 +130,7 @@ class TrainResult:
         failure: why the run failed (e.g. where the loss became NaN), or None.
         batch_size: the training batch size used (lower than configured after an
             out-of-memory retry with ``auto_batch_size``).
+        lr_multipliers: AutoRGN's per-tensor multipliers of each epoch (empty otherwise).
         best_state: weights at the best epoch, kept only when asked for.
         prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
     """
@@ -126,6 +147,7 @@ class TrainResult:
     prefix_depth: int = 0
     failure: str | None = None
     batch_size: int = 0
+    lr_multipliers: tuple[dict[str, float], ...] = field(default=(), repr=False)
 
 
 class FineTuner:
@@ -301,7 +323,11 @@ class FineTuner:
             x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
             stack.enter_context(bypass(self.model, cut))
             self._configure(masks[0])
-            optimizer = torch.optim.Adam(param_groups(self.model, self.blocks, lrs))
+            groups = param_groups(self.model, self.blocks, lrs)
+            if regime.rgn_batches:  # AutoRGN: one group per tensor
+                names = {id(p): n for n, p in self.model.named_parameters()}
+                groups = [{"name": names[id(p)], "lr": g["lr"], "params": [p]} for g in groups for p in g["params"]]
+            optimizer = torch.optim.Adam(groups)
             batch_size = self.batch_size
             steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
@@ -310,9 +336,13 @@ class FineTuner:
             best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
             val_hist: list[float] = []
             loss_hist: list[float] = []
+            multipliers: list[dict[str, float]] = []
             for epoch in range(1, cfg.epochs + 1):
                 self._configure(masks[min(epoch, len(masks)) - 1])
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
+                if regime.rgn_batches:
+                    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][: regime.rgn_batches]
+                    multipliers.append(self._rescale_by_rgn(optimizer, x_train, y_train, batches, loss_fn, regime))
                 total, count = 0.0, 0
                 for i in range(0, len(order), batch_size):
                     idx = order[i : i + batch_size]
@@ -359,7 +389,38 @@ class FineTuner:
             prefix_depth=0 if cut is None else cut.depth,
             failure=failure,
             batch_size=batch_size,
+            lr_multipliers=tuple(multipliers),
         )
+
+    def _rescale_by_rgn(self, optimizer, x, y, batches, loss_fn, regime: Regime) -> dict[str, float]:
+        """Average ‖g‖/‖w‖ per tensor over ``batches`` (no step), then rescale each group's LR.
+
+        The learning rates stay on the cosine schedule: a group's rate is divided by its
+        previous multiplier and multiplied by the new one.
+        """
+        sums: dict[str, float] = {}
+        for idx in batches:
+            optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                loss = loss_fn(self._forward(x[idx]), y[idx])
+                if regime.penalty is not None:
+                    loss = loss + regime.penalty(self.model)
+            loss.backward()
+            for group in optimizer.param_groups:
+                p = group["params"][0]
+                if p.grad is None:
+                    continue
+                w = float(p.detach().norm())
+                ratio = float(p.grad.detach().norm()) / w if w > 0 else math.inf
+                sums[group["name"]] = sums.get(group["name"], 0.0) + ratio
+        optimizer.zero_grad(set_to_none=True)
+        mults = rgn_multipliers({n: v / len(batches) for n, v in sums.items()})
+        for group in optimizer.param_groups:
+            if group["name"] in mults:
+                new = mults[group["name"]]
+                group["lr"] = group["lr"] / group.get("rgn", 1.0) * new
+                group["rgn"] = new
+        return mults
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
         """Accuracy on ``(x, y)``, after loading ``state`` when given."""
