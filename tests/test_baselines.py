@@ -138,3 +138,22 @@ def test_rgn_multipliers_on_known_numbers():
 
     got = rgn_multipliers({"a": 2.0, "b": 1.0, "zero_weight": float("inf"), "zero_grad": 0.0})
     assert got == {"a": 1.0, "b": 0.5, "zero_weight": 1.0, "zero_grad": 1e-12}
+
+
+def test_lora_trains_adapters_norms_and_head_but_leaves_base_weights_unchanged():
+    from biotune.baselines import lora_model
+
+    pm = build_model("test_efficientnet", 3, weights="random", seed=0)
+    full = sum(p.numel() for p in pm.model.parameters())
+    lora = lora_model(pm.model, partition_model(pm.model), rank=4)
+    assert lora.excluded and all("conv_dw" in n for n in lora.excluded)  # depthwise: grouped convolutions
+    frozen, trainable = lora.blocks
+    assert any(".lora_A." in n for n in trainable.param_names) and any("bn" in n for n in trainable.param_names)
+    assert trainable.num_params < full
+    tuner = FineTuner(lora.model, lora.blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
+                      cache_memory=0)
+    x, y = _data()
+    result = tuner.run([0.0, 1e-2], (x, y), (x, y), seed=0, keep_best=True)
+    start = tuner.initial_state
+    assert all(torch.equal(start[n], result.best_state[n]) for n in frozen.param_names)
+    assert any(not torch.equal(start[n], result.best_state[n]) for n in trainable.param_names if "lora_B" in n)

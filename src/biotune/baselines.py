@@ -20,6 +20,10 @@ the same data, epochs budget, schedule and early stopping as BioTune's own runs.
   which resets its moments) with the rates rescaled in place, so the cosine schedule goes on;
   BatchNorm tensors are included (they skip tensors named ``bn``); a tensor with a zero weight
   norm gets multiplier 1 (the ratio is undefined).
+- ``lora`` (through ``peft``): LoRA adapters of rank r (alpha = r) on the backbone's
+  convolution and linear layers; the new head and the BatchNorm layers train in place (what
+  ``modules_to_save`` does on copies); the rest is frozen. Grouped (e.g. depthwise) and dilated
+  convolutions are left out (:func:`lora_model` returns their names).
 """
 
 from __future__ import annotations
@@ -32,11 +36,11 @@ from torch import nn
 
 from .errors import BioTuneError
 from .models import Block
-from .trainer import Regime
+from .trainer import _BN_TYPES, Regime
 
-__all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan"]
+__all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan", "lora_model", "LoraModel"]
 
-BASELINES = ("ft", "lp", "l2sp", "l1sp", "glf", "gfl", "autorgn")
+BASELINES = ("ft", "lp", "l2sp", "l1sp", "glf", "gfl", "autorgn", "lora")
 RGN_BATCHES = 5
 
 
@@ -148,4 +152,60 @@ def baseline_plan(
         return Plan(every, Regime(masks=gradual_masks(n, method)))
     if method == "autorgn":
         return Plan(every, Regime(rgn_batches=RGN_BATCHES))
+    if method == "lora":
+        raise BioTuneError("lora changes the model: build it with lora_model() and train its two blocks")
     raise BioTuneError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
+
+
+@dataclass(frozen=True)
+class LoraModel:
+    """A model with LoRA adapters injected, partitioned for the trainer.
+
+    Attributes:
+        model: the same model object, adapters injected in place.
+        blocks: ``(frozen, trainable)``: the frozen pretrained weights; the adapters, the
+            BatchNorm layers and the head. Train with learning rates ``(0, base_lr)``.
+        excluded: convolutions left without an adapter (grouped or dilated).
+    """
+
+    model: nn.Module
+    blocks: tuple[Block, Block]
+    excluded: tuple[str, ...]
+
+
+def lora_model(model: nn.Module, blocks: Sequence[Block], rank: int = 8) -> LoraModel:
+    """Inject LoRA adapters (``peft``) into the backbone's convolution and linear layers."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise BioTuneError("the lora baseline needs peft: pip install 'biotune[lora]'") from None
+    if rank < 1:
+        raise BioTuneError(f"`lora_rank` must be at least 1, got {rank}")
+    head = blocks[-1]
+    targets, excluded = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or head.owns(name):
+            continue
+        if isinstance(module, nn.Conv2d) and (module.groups > 1 or module.dilation != (1, 1)):
+            excluded.append(name)
+        else:
+            targets.append(name)
+    if not targets:
+        raise BioTuneError("no convolution or linear layer of the backbone can take a LoRA adapter")
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), model)
+    modules = dict(model.named_modules())
+    adapters = [n for n in modules if n.rsplit(".", 1)[-1] in ("lora_A", "lora_B")]
+    norms = [n for n, m in modules.items() if isinstance(m, _BN_TYPES)]
+    train_prefixes = (*head.prefixes, *norms, *adapters)
+    params = dict(model.named_parameters())
+    owned = lambda n: any(n == p or n.startswith(p + ".") for p in train_prefixes)  # noqa: E731
+    trainable = tuple(n for n in params if owned(n))
+    frozen = tuple(n for n in params if not owned(n))
+    frozen_prefixes = tuple(dict.fromkeys(n.rsplit(".", 1)[0] for n in frozen))
+    count = lambda names: sum(params[n].numel() for n in names)  # noqa: E731
+    return LoraModel(
+        model,
+        (Block("pretrained (frozen)", frozen_prefixes, frozen, count(frozen)),
+         Block(f"lora r={rank}+norm+head", train_prefixes, trainable, count(trainable))),
+        tuple(excluded),
+    )
