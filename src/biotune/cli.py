@@ -9,6 +9,7 @@ import logging
 import shlex
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
@@ -101,6 +102,18 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("--population", type=int, default=None, help=f"population size N_p ({_both('search', 'population')})")
+    g.add_argument("--elites", type=int, default=None, help=f"elites kept and exploited ({_both('search', 'elites')})")
+    g.add_argument("--generations", type=int, default=None, help=f"generations after the initial one ({_both('search', 'generations')})")
+    g.add_argument("--seeds", type=int, default=None, help=f"training runs (seeds) per evaluation ({_both('search', 'seeds')})")
+    g.add_argument("--fraction", type=float, default=None,
+                   help="share p of training data per fold, in (0, 1]; ceil(1/p) stratified folds (default: 0.5)")
+    g.add_argument("--final-runs", type=int, default=None, help="runs of the final fine-tune (default: 3)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="biotune",
@@ -120,15 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(s, search=True)
     _add_data_options(s)
     _add_train_options(s)
-    g = s.add_argument_group("search")
-    g.add_argument("--population", type=int, default=None, help=f"population size N_p ({_both('search', 'population')})")
-    g.add_argument("--elites", type=int, default=None, help=f"elites kept and exploited ({_both('search', 'elites')})")
-    g.add_argument("--generations", type=int, default=None, help=f"generations after the initial one ({_both('search', 'generations')})")
-    g.add_argument("--seeds", type=int, default=None, help=f"training runs (seeds) per evaluation ({_both('search', 'seeds')})")
-    g.add_argument("--fraction", type=float, default=None,
-                   help="share p of training data per fold, in (0, 1]; ceil(1/p) stratified folds (default: 0.5)")
-    g.add_argument("--final-runs", type=int, default=None, help="runs of the final fine-tune (default: 3)")
-    g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
+    _add_search_options(s)
     g = s.add_argument_group("outputs")
     g.add_argument("--run-dir", default=None,
                    help="output directory; rerunning with the same settings resumes it "
@@ -148,6 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the splits and runs (default: 0)")
     f.add_argument("--output", default=None, help="write the result as JSON to this file")
     _add_runtime_options(f)
+
+    c = sub.add_parser("compare", help="compare BioTune with the baseline methods: tables and figures",
+                       description="Run every (dataset, method, run) with the same data, epochs budget and early "
+                                   "stopping, then write Table I (test accuracy), Table II (trainable parameters), "
+                                   "Fig. 2 (BioTune's configurations), convergence plots and, with --fractions, "
+                                   "Table III. Rerunning the same command skips finished runs.")
+    c.add_argument("--datasets", required=True,
+                   help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files or folders")
+    c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
+                   help="comma-separated methods (default: all eleven)")
+    c.add_argument("--runs", type=int, default=3, help="runs per dataset and method (default: 3)")
+    c.add_argument("--out", required=True, help="output directory (runs.jsonl, tables, figures)")
+    c.add_argument("--fractions", default=None,
+                   help="also run BioTune at these training-data fractions, e.g. 0.1,0.25,0.5,1.0 (Table III)")
+    c.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="settings to start from (default: quick)")
+    c.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r, alpha = r (default: 8)")
+    c.add_argument("--sp-alpha", type=float, default=0.1, help="L2-SP/L1-SP weight α of the w⁰ term (default: 0.1)")
+    c.add_argument("--sp-beta", type=float, default=0.01, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
+    c.add_argument("--sp-kernels-only", action="store_true",
+                   help="L2-SP/L1-SP: penalise only convolution and linear kernels (the authors' code)")
+    _add_model_options(c, search=True)
+    g = c.add_argument_group("data")
+    g.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: 32 with quick)")
+    g.add_argument("--val-fraction", type=float, default=None, help="validation share carved from train (default: 0.2)")
+    g.add_argument("--data-dir", default=None, help="cache directory of named datasets (default: $BIOTUNE_DATA)")
+    _add_train_options(c)
+    _add_search_options(c)
+    _add_runtime_options(c)
 
     b = sub.add_parser("blocks", help="print a model's block partition",
                        description="Print the ordered blocks BioTune tunes: index, name, parameters, share.")
@@ -323,6 +356,40 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import CompareOptions, compare
+
+    args.dataset = None
+    config = _search_config(args)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    try:
+        fractions = [float(f) for f in split(args.fractions)] if args.fractions else None
+    except ValueError:
+        raise BioTuneError(f"--fractions must be numbers in (0, 1], got {args.fractions!r}") from None
+    if fractions and not all(0 < f <= 1 for f in fractions):
+        raise BioTuneError(f"--fractions must be in (0, 1], got {args.fractions!r}")
+    options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
+                             sp_kernels_only=args.sp_kernels_only)
+    bar = tqdm(total=None, desc="compare", unit="run", disable=args.no_progress, dynamic_ncols=True)
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(label)
+        bar.refresh()
+
+    try:
+        records = compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
+                          runtime=_runtime(args), options=options, fractions=fractions, on_progress=progress)
+    finally:
+        bar.close()
+    print(f"{len(records)} runs; tables and figures in {args.out}/")
+    table = (Path(args.out) / "table1_accuracy.md")
+    if table.is_file():
+        print(table.read_text())
+    return 0
+
+
 def _cmd_blocks(args) -> int:
     from .models import build_model, partition_model
 
@@ -351,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
-    commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks}
+    commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks, "compare": _cmd_compare}
     storage = getattr(args, "storage", None)
     try:
         previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C

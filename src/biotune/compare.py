@@ -1,0 +1,247 @@
+"""``biotune compare``: every (dataset, method, run) of the paper's comparison, resumable, then
+Table I (test accuracy), Table II (trainable share), Fig. 2 (BioTune's configurations),
+convergence plots and, with fractions, Table III.
+
+Each finished run is appended as one JSON line to ``<out>/runs.jsonl`` and never repeated: a
+rerun of the same command skips what is there. BioTune's own searches keep their trials in
+``<out>/studies.db``, so an interrupted search resumes too.
+
+Protocol per dataset: one split of the data (the search seed), the same preprocessed tensors,
+epochs budget, schedule and early stopping for every method. Run r trains with seeds derived
+from ``seed + r``; every method is scored on test at its best validation epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .ablation import SAMPLERS, batch_sizes, sampler_search
+from .baselines import BASELINES, baseline_plan, lora_model
+from .config import RunConfig, RuntimeConfig
+from .errors import BioTuneError
+from .evolution import MemeticEvolution
+from .executor import make_executor
+from .fitness import FitnessEvaluator
+from .genome import decode
+from .models import build_model, partition_model
+from .report import atomic_write_bytes, block_table, plot_convergence, plot_heatmap
+from .search import run_search
+from .session import FINAL_SEEDS, SEARCH_SEEDS, RunRequest, Session, SessionSpec, training_seeds
+from .study import TrialStore, gene_names
+from .tables import accuracy_table, to_csv, to_latex, to_markdown, trainable_table
+from .trainer import FineTuner
+
+__all__ = ["METHODS", "CompareOptions", "compare"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = (*BASELINES, "biotune", *SAMPLERS)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Settings of the baselines (the search and training settings come from the RunConfig)."""
+
+    lora_rank: int = 8
+    sp_alpha: float = 0.1
+    sp_beta: float = 0.01
+    sp_kernels_only: bool = False
+
+
+def _key(record: dict) -> tuple:
+    return (record["dataset"], record["method"], int(record["run"]), record.get("fraction"))
+
+
+def _read_ledger(path: Path) -> dict[tuple, dict]:
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill: that run is redone
+                continue
+            done[_key(record)] = record
+    return done
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def compare(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    *,
+    runs: int,
+    out: str | Path,
+    config: RunConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    options: CompareOptions | None = None,
+    fractions: Sequence[float] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict]:
+    """Run the grid (skipping finished runs), write the tables and figures, return every run.
+
+    Args:
+        datasets: names, ``digits``, ``.npz`` paths or ImageFolder directories.
+        methods: any of :data:`METHODS`.
+        runs: runs per (dataset, method).
+        out: output directory.
+        config: model, training and search settings shared by every method.
+        fractions: also run BioTune at these training-data fractions (Table III).
+        on_progress: called as ``on_progress(done, total, label)`` after each run.
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    options = options or CompareOptions()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if not datasets or not methods or runs < 1:
+        raise BioTuneError("--datasets and --methods must not be empty and --runs must be at least 1")
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BioTuneError(f"--out {out} cannot be written ({err.strerror or err})") from None
+    ledger = out / "runs.jsonl"
+    done = _read_ledger(ledger)
+    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
+    grid += [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
+    finished = sum(1 for g in grid if g in done)
+    for dataset in datasets:
+        for fraction in [None, *(fractions or ())]:
+            todo = [g for g in grid if g[0] == dataset and g[3] == fraction and g not in done]
+            if not todo:
+                continue
+            cfg = config if fraction is None else config.replace(search={"fraction": fraction})
+            session = Session.prepare(cfg.model, dataclasses.replace(cfg.data, dataset=dataset), cfg.train,
+                                      n_folds=cfg.search.n_folds, seed=cfg.search.seed, runtime=runtime)
+            for _, method, run, frac in todo:
+                record = _run_one(session, method, run, cfg, runtime, options, out, dataset, frac)
+                _append(ledger, record)
+                done[_key(record)] = record
+                finished += 1
+                if on_progress is not None:
+                    on_progress(finished, len(grid), f"{dataset} {method} run {run}")
+    records = [done[g] for g in grid if g in done]
+    _write_outputs(out, records, list(datasets), list(methods), fractions)
+    return records
+
+
+def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime: RuntimeConfig,
+             options: CompareOptions, out: Path, dataset: str, fraction: float | None) -> dict:
+    seed = config.search.seed + run
+    final_seed = training_seeds(seed, FINAL_SEEDS, 1)[0]
+    blocks = session.blocks
+    total = sum(b.num_params for b in blocks)
+    record = {"dataset": dataset, "method": method, "run": run, "fraction": fraction, "seed": final_seed}
+    start = time.perf_counter()
+    if method in BASELINES:
+        t = session.tensors
+        tuner = session.finetuner
+        if method == "lora":
+            pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
+                             seed=config.search.seed)
+            lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
+                            options.lora_rank)
+            tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device, channels_last=runtime.channels_last,
+                              amp=runtime.amp, cache_memory=0)
+            lrs, regime = (0.0, config.train.lr), None
+            trainable = lm.blocks[1].num_params
+            record["lora_excluded"] = list(lm.excluded)
+        else:
+            plan = baseline_plan(method, tuner.model, blocks, tuner.initial_state, config.train.lr,
+                                 alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
+            lrs, regime = plan.lrs, plan.regime
+            trainable = sum(b.num_params for b, m in zip(blocks, plan.trainable) if m)
+        result = tuner.run(lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), final_seed,
+                           keep_best=True, regime=regime)
+        test = tuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
+        record.update(val_accuracy=result.best_val_accuracy, test_accuracy=test, failure=result.failure)
+    else:
+        genes, search_seconds, generations = _search(session, method, seed, config, runtime, out, dataset, run, fraction)
+        decoded = decode(np.asarray(genes), config.train.lr)
+        outcome = session.perform(RunRequest(tuple(decoded.lrs), None, final_seed))
+        trainable = sum(b.num_params for b, m in zip(blocks, decoded.mask) if m)
+        record.update(
+            val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
+            failure=outcome.failure, genes=list(genes), search_seconds=search_seconds,
+            multipliers=[row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
+            blocks=[b.name for b in blocks],
+        )
+        if generations is not None:
+            suffix = "" if fraction is None else f"-p{fraction:g}"
+            plot_convergence(out / f"convergence-{_slug(dataset)}-run{run}{suffix}.png", generations)
+    record.update(trainable_percent=100.0 * trainable / total, seconds=time.perf_counter() - start)
+    return record
+
+
+def _search(session, method, seed, config, runtime, out, dataset, run, fraction):
+    s = config.search
+    spec = SessionSpec(config.model, dataclasses.replace(config.data, dataset=dataset), config.train, s.n_folds,
+                       s.seed, runtime)
+    start = time.perf_counter()
+    with make_executor(runtime, spec, session) as executor:
+        evaluator = FitnessEvaluator(executor, s.n_folds, training_seeds(seed, SEARCH_SEEDS, s.seeds),
+                                     config.train.lr, session.context)
+        if method == "biotune":
+            names = gene_names([b.name for b in session.blocks])
+            suffix = "" if fraction is None else f"-p{fraction:g}"
+            store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{_slug(dataset)}-run{run}{suffix}",
+                               names, {"context": session.context, "search": s.to_dict(), "seed": seed})
+            engine = MemeticEvolution(len(session.blocks), population_size=s.population, n_elites=s.elites,
+                                      generations=s.generations, rng=np.random.default_rng(seed))
+            result = run_search(engine, evaluator, store)
+            return result.best_genes, time.perf_counter() - start, result.generations
+        result = sampler_search(method, evaluator, len(session.blocks),
+                                batch_sizes(s.population, s.elites, s.generations), seed=seed)
+        return result.best_genes, time.perf_counter() - start, None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(text).stem or text)
+
+
+def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions) -> None:
+    main = [r for r in records if r.get("fraction") is None]
+    if main:
+        table1 = accuracy_table(main, methods, datasets)
+        table2 = trainable_table(main, methods, datasets)
+        for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2)):
+            atomic_write_bytes(out / f"{stem}.md", to_markdown(table).encode())
+            atomic_write_bytes(out / f"{stem}.csv", to_csv(table).encode())
+            atomic_write_bytes(out / f"{stem}.tex", to_latex(table).encode())
+        searched = [r for r in main if r["method"] == "biotune"]
+        if searched:
+            rows = []
+            for d in datasets:
+                mine = [r for r in searched if r["dataset"] == d]
+                if mine:
+                    best = max(mine, key=lambda r: r["test_accuracy"])  # the run shown: best on test
+                    rows.append((d, best["multipliers"]))
+            plot_heatmap(out / "fig2_heatmap.png", searched[0]["blocks"], rows,
+                         title="BioTune: LR multiplier per block (❄ frozen), best run per dataset")
+    if fractions:
+        lines = ["| fraction | " + " | ".join(f"{d} accuracy (%) | {d} search (s)" for d in datasets) + " |",
+                 "|" + "---|" * (1 + 2 * len(datasets))]
+        for f in fractions:
+            cells = []
+            for d in datasets:
+                mine = [r for r in records if r.get("fraction") == float(f) and r["dataset"] == d]
+                cells += ([f"{100 * np.mean([r['test_accuracy'] for r in mine]):.2f}",
+                           f"{np.mean([r['search_seconds'] for r in mine]):.0f}"] if mine else ["–", "–"])
+            lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+        atomic_write_bytes(out / "table3_fractions.md", ("\n".join(lines) + "\n").encode())
