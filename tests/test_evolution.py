@@ -5,7 +5,13 @@ import pytest
 
 from biotune.errors import BioTuneError
 from biotune.evolution import (
-    MemeticEvolution, adopt, crossover, exploit_variants, extinction, mutate, rank_select,
+    MemeticEvolution,
+    adopt,
+    crossover,
+    exploit_variants,
+    extinction,
+    mutate,
+    rank_select,
 )
 from biotune.genome import is_valid, trainable_mask
 

@@ -3,8 +3,15 @@ import pytest
 
 from biotune.errors import BioTuneError
 from biotune.genome import (
-    check_genome, decode, full_finetune_genome, importance_weights, is_valid, learning_rates,
-    random_genome, repair, trainable_mask,
+    check_genome,
+    decode,
+    full_finetune_genome,
+    importance_weights,
+    is_valid,
+    learning_rates,
+    random_genome,
+    repair,
+    trainable_mask,
 )
 
 

@@ -4,9 +4,13 @@ The public API; everything else is private. See the README for examples.
 """
 
 from ._version import __version__ as __version__
+from .ablation import sampler_search as sampler_search
+from .baselines import BASELINES as BASELINES
+from .baselines import baseline_plan as baseline_plan
+from .baselines import lora_model as lora_model
+from .config import PRESETS as PRESETS
 from .config import DataConfig as DataConfig
 from .config import ModelConfig as ModelConfig
-from .config import PRESETS as PRESETS
 from .config import RunConfig as RunConfig
 from .config import RuntimeConfig as RuntimeConfig
 from .config import SearchConfig as SearchConfig
@@ -33,5 +37,6 @@ from .pipeline import run as run
 from .search import SearchListener as SearchListener
 from .search import SearchResult as SearchResult
 from .trainer import FineTuner as FineTuner
+from .trainer import Regime as Regime
 from .trainer import TrainResult as TrainResult
 from .trainer import param_groups as param_groups

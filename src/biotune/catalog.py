@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, ImageDataset, _fit_image, _load_npz, _make_dataset, _read_image
+from .data import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    _fit_image,
+    _load_npz,
+    _make_dataset,
+    _read_image,
+)
 from .errors import BioTuneError
 
 __all__ = ["NAMES", "DATA_ENV", "default_data_dir", "load_named"]

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
 from .errors import BioTuneError, scrub
-from .report import format_block_table, block_table
+from .report import block_table, format_block_table
 from .search import SearchListener
 
 __all__ = ["main", "build_parser"]

@@ -35,7 +35,14 @@ from .genome import decode
 from .models import build_model, partition_model
 from .report import atomic_write_bytes, block_table, plot_convergence, plot_heatmap
 from .search import run_search
-from .session import FINAL_SEEDS, SEARCH_SEEDS, RunRequest, Session, SessionSpec, training_seeds
+from .session import (
+    FINAL_SEEDS,
+    SEARCH_SEEDS,
+    RunRequest,
+    Session,
+    SessionSpec,
+    training_seeds,
+)
 from .study import TrialStore, gene_names
 from .tables import accuracy_table, to_csv, to_latex, to_markdown, trainable_table
 from .trainer import FineTuner

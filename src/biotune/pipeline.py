@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -29,7 +29,13 @@ from .final import FinalResult, FinalRun, final_finetune
 from .fitness import FitnessEvaluator
 from .genome import check_genome, decode
 from .models import Block, partition_model
-from .report import block_table, plot_convergence, plot_heatmap, write_history_csv, write_json
+from .report import (
+    block_table,
+    plot_convergence,
+    plot_heatmap,
+    write_history_csv,
+    write_json,
+)
 from .search import SearchListener, SearchResult, run_search
 from .session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
 from .study import TrialStore, gene_names

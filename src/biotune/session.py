@@ -18,7 +18,13 @@ import torch
 
 from .config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from .data import SplitData, load_dataset, preprocess, split_dataset
-from .models import Block, PretrainedModel, build_model, default_input_size, partition_model
+from .models import (
+    Block,
+    PretrainedModel,
+    build_model,
+    default_input_size,
+    partition_model,
+)
 from .trainer import FineTuner
 
 __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
