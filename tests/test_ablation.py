@@ -43,3 +43,10 @@ def test_sampler_search_uses_the_same_budget_and_folds_and_is_seeded(session, ki
 def test_unknown_sampler(session):
     with pytest.raises(BioTuneError, match="unknown search ablation"):
         sampler_search("grid", _evaluator(session), len(session.blocks), (2,), seed=0)
+
+
+def test_tpe_departs_from_random_after_the_first_batch(session):
+    batches = (3, 4)
+    rand = sampler_search("random", _evaluator(session), len(session.blocks), batches, seed=5)
+    tpe = sampler_search("tpe", _evaluator(session), len(session.blocks), batches, seed=5)
+    assert [g for _, _, g, _ in rand.history[3:]] != [g for _, _, g, _ in tpe.history[3:]]

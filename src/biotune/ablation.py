@@ -6,6 +6,10 @@ g mod n_folds, and so does the ablation, with the same training seeds and the sa
 evaluator. A sampled genome that freezes every block is repaired the way the engine repairs
 one (:func:`biotune.genome.repair`); the sampler is told the fitness of what it proposed. What
 the ablation returns is the genome with the best fitness over all its evaluations.
+
+TPE proposes at random for the first batch (the size of the engine's initial population) and
+from its model afterwards; Optuna's default of 10 random trials would make TPE identical to
+random search on small budgets.
 """
 
 from __future__ import annotations
@@ -66,7 +70,10 @@ def sampler_search(
 
     if kind not in SAMPLERS:
         raise BioTuneError(f"unknown search ablation {kind!r}; known: {', '.join(SAMPLERS)}")
-    sampler = optuna.samplers.RandomSampler(seed=seed) if kind == "random" else optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:  # random proposals for the first batch only, like the engine's initial population
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=batches[0])
     study = optuna.create_study(direction="minimize", sampler=sampler)
     names = [f"{i:02d}" for i in range(n_blocks)] + ["threshold"]
     space = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in names}
