@@ -33,7 +33,13 @@ from .executor import make_executor
 from .fitness import FitnessEvaluator
 from .genome import decode
 from .models import build_model, partition_model
-from .report import atomic_write_bytes, block_table, plot_convergence, plot_heatmap
+from .report import (
+    atomic_write_bytes,
+    block_table,
+    plot_convergence,
+    plot_heatmap,
+    slug,
+)
 from .search import run_search
 from .session import (
     FINAL_SEEDS,
@@ -191,7 +197,7 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
         )
         if generations is not None:
             suffix = "" if fraction is None else f"-p{fraction:g}"
-            plot_convergence(out / f"convergence-{_slug(dataset)}-run{run}{suffix}.png", generations)
+            plot_convergence(out / f"convergence-{slug(Path(dataset).stem or dataset)}-run{run}{suffix}.png", generations)
     record.update(trainable_percent=100.0 * trainable / total, seconds=time.perf_counter() - start)
     return record
 
@@ -207,7 +213,7 @@ def _search(session, method, seed, config, runtime, out, dataset, run, fraction)
         if method == "biotune":
             names = gene_names([b.name for b in session.blocks])
             suffix = "" if fraction is None else f"-p{fraction:g}"
-            store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{_slug(dataset)}-run{run}{suffix}",
+            store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(Path(dataset).stem or dataset)}-run{run}{suffix}",
                                names, {"context": session.context, "search": s.to_dict(), "seed": seed})
             engine = MemeticEvolution(len(session.blocks), population_size=s.population, n_elites=s.elites,
                                       generations=s.generations, rng=np.random.default_rng(seed))
@@ -216,10 +222,6 @@ def _search(session, method, seed, config, runtime, out, dataset, run, fraction)
         result = sampler_search(method, evaluator, len(session.blocks),
                                 batch_sizes(s.population, s.elites, s.generations), seed=seed)
         return result.best_genes, time.perf_counter() - start, None
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(text).stem or text)
 
 
 def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions) -> None:

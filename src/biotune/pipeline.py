@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from .report import (
     block_table,
     plot_convergence,
     plot_heatmap,
+    slug,
     write_history_csv,
     write_json,
 )
@@ -57,10 +57,6 @@ class RunResult:
     best: dict[str, Any]
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "run"
-
-
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
 
@@ -69,7 +65,7 @@ def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name
     """The run directory: a given one (checked), or the latest matching one under runs/, or a new one."""
     wanted = _comparable(config.to_dict())
     if run_dir is None:
-        stem = f"{_slug(dataset_name)}-{_slug(config.model.name)}"
+        stem = f"{slug(dataset_name)}-{slug(config.model.name)}"
         base = Path("runs")
         for existing in sorted(base.glob(f"{stem}-*"), reverse=True):
             cfg = existing / "config.json"

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,6 +18,7 @@ from .genome import decode
 from .models import Block
 
 __all__ = [
+    "slug",
     "atomic_write_bytes",
     "write_json",
     "block_table",
@@ -27,6 +29,11 @@ __all__ = [
 ]
 
 SNOWFLAKE = "\u2744"
+
+
+def slug(text: str) -> str:
+    """``text`` made safe for a file name: runs of other characters become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "run"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

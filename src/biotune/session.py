@@ -25,15 +25,12 @@ from .models import (
     default_input_size,
     partition_model,
 )
+from .report import slug
 from .trainer import FineTuner
 
 __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
 
 SEARCH_SEEDS, FINAL_SEEDS = 0, 1
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in text)
 
 
 def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
@@ -151,7 +148,7 @@ class Session:
             pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
             compile=runtime.compile, cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
             auto_batch_size=runtime.auto_batch_size,
-            cache_namespace=f"{_slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
+            cache_namespace=f"{slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
                             f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
         )
         return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context)
