@@ -32,7 +32,7 @@ from .evolution import MemeticEvolution
 from .executor import make_executor
 from .fitness import FitnessEvaluator
 from .genome import decode
-from .models import build_model, partition_model
+from .models import build_model, partition_model, trainable_percent
 from .report import (
     atomic_write_bytes,
     block_table,
@@ -159,11 +159,9 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
     seed = config.search.seed + run
     final_seed = training_seeds(seed, FINAL_SEEDS, 1)[0]
     blocks = session.blocks
-    total = sum(b.num_params for b in blocks)
     record = {"dataset": dataset, "method": method, "run": run, "fraction": fraction, "seed": final_seed}
     start = time.perf_counter()
     if method in BASELINES:
-        t = session.tensors
         tuner = session.finetuner
         if method == "lora":
             pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
@@ -173,22 +171,22 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
             tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device, channels_last=runtime.channels_last,
                               amp=runtime.amp, cache_memory=0)
             lrs, regime = (0.0, config.train.lr), None
-            trainable = lm.blocks[1].num_params
+            # Share of the original model: the adapters are parameters it did not have.
+            percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
             record["lora_excluded"] = list(lm.excluded)
         else:
             plan = baseline_plan(method, tuner.model, blocks, tuner.initial_state, config.train.lr,
                                  alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
             lrs, regime = plan.lrs, plan.regime
-            trainable = sum(b.num_params for b, m in zip(blocks, plan.trainable) if m)
-        result = tuner.run(lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), final_seed,
-                           keep_best=True, regime=regime)
-        test = tuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
-        record.update(val_accuracy=result.best_val_accuracy, test_accuracy=test, failure=result.failure)
+            percent = trainable_percent(blocks, plan.trainable)
+        outcome = session.perform(RunRequest(tuple(lrs), None, final_seed), finetuner=tuner, regime=regime)
+        record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
+                      failure=outcome.failure)
     else:
         genes, search_seconds, generations = _search(session, method, seed, config, runtime, out, dataset, run, fraction)
         decoded = decode(np.asarray(genes), config.train.lr)
         outcome = session.perform(RunRequest(tuple(decoded.lrs), None, final_seed))
-        trainable = sum(b.num_params for b, m in zip(blocks, decoded.mask) if m)
+        percent = trainable_percent(blocks, decoded.mask)
         record.update(
             val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
             failure=outcome.failure, genes=list(genes), search_seconds=search_seconds,
@@ -198,7 +196,7 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
         if generations is not None:
             suffix = "" if fraction is None else f"-p{fraction:g}"
             plot_convergence(out / f"convergence-{slug(Path(dataset).stem or dataset)}-run{run}{suffix}.png", generations)
-    record.update(trainable_percent=100.0 * trainable / total, seconds=time.perf_counter() - start)
+    record.update(trainable_percent=percent, seconds=time.perf_counter() - start)
     return record
 
 

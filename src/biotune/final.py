@@ -10,7 +10,7 @@ import numpy as np
 
 from .executor import Executor
 from .genome import decode
-from .models import Block
+from .models import Block, trainable_percent
 from .session import RunOutcome, RunRequest
 
 __all__ = ["FinalRun", "FinalResult", "final_finetune", "mean_and_se"]
@@ -98,12 +98,11 @@ def final_finetune(
     executor.run([RunRequest(tuple(decoded.lrs), None, s) for s in todo], finished, on_epoch)
     runs = [done[s] for s in seeds]
     mean, se = mean_and_se([r.test_accuracy for r in runs])
-    total = sum(b.num_params for b in blocks)
     return FinalResult(
         genes=tuple(float(g) for g in genes),
         runs=tuple(runs),
         test_accuracy_mean=mean,
         test_accuracy_se=se,
         val_accuracy_mean=float(np.mean([r.val_accuracy for r in runs])),
-        trainable_percent=100.0 * sum(b.num_params for b, m in zip(blocks, decoded.mask) if m) / total,
+        trainable_percent=trainable_percent(blocks, decoded.mask),
     )

@@ -88,7 +88,9 @@ class FitnessEvaluator:
 
     def run_keys(self, genome: np.ndarray, fold: int) -> tuple[tuple, ...]:
         """Memo keys of the runs of one evaluation, in seed order."""
-        decoded = decode(genome, self.base_lr)
+        return self._keys(decode(genome, self.base_lr), fold)
+
+    def _keys(self, decoded, fold: int) -> tuple[tuple, ...]:
         return tuple(self._key(decoded, fold, s) for s in self.seeds)
 
     def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float], diverged: Iterable[int] = ()) -> None:
@@ -119,13 +121,13 @@ class FitnessEvaluator:
         known (items already memoised first), so results can be recorded while others train.
         A run shared by several items is trained once.
         """
-        keys = [self.run_keys(g, f) for g, f in items]
+        decoded = [decode(genome, self.base_lr) for genome, _ in items]  # once per item
+        keys = [self._keys(d, fold) for d, (_, fold) in zip(decoded, items)]
         requests: dict[tuple, RunRequest] = {}
-        for (genome, fold), item_keys in zip(items, keys):
-            lrs = decode(genome, self.base_lr).lrs
+        for d, (_, fold), item_keys in zip(decoded, items, keys):
             for key, seed in zip(item_keys, self.seeds):
                 if key not in self._memo and key not in requests:
-                    requests[key] = RunRequest(tuple(lrs), int(fold), seed)
+                    requests[key] = RunRequest(tuple(d.lrs), int(fold), seed)
         order = list(requests)
         fresh: dict[tuple, RunOutcome] = {}
         out: list[Evaluation | None] = [None] * len(items)

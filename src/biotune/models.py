@@ -69,6 +69,12 @@ class Block:
         return any(name == p or name.startswith(p + ".") for p in self.prefixes)
 
 
+def trainable_percent(blocks: Sequence[Block], mask: Sequence[bool]) -> float:
+    """Share of the partition's parameters inside the blocks ``mask`` marks trainable, in %."""
+    total = sum(b.num_params for b in blocks)
+    return 100.0 * sum(b.num_params for b, m in zip(blocks, mask) if m) / total
+
+
 @dataclass(frozen=True)
 class PretrainedModel:
     """A built model with what is needed to feed it.

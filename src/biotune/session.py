@@ -26,7 +26,7 @@ from .models import (
     partition_model,
 )
 from .report import slug
-from .trainer import FineTuner
+from .trainer import FineTuner, Regime
 
 __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
 
@@ -153,17 +153,29 @@ class Session:
         )
         return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context)
 
-    def perform(self, request: RunRequest, on_epoch: Callable[[int, float, float], None] | None = None) -> RunOutcome:
-        """Train one run; a final run (``fold=None``) is also scored on test at its best epoch."""
+    def perform(
+        self,
+        request: RunRequest,
+        on_epoch: Callable[[int, float, float], None] | None = None,
+        *,
+        finetuner: FineTuner | None = None,
+        regime: Regime | None = None,
+    ) -> RunOutcome:
+        """Train one run; a final run (``fold=None``) is also scored on test at its best epoch.
+
+        ``finetuner`` replaces the session's (e.g. a LoRA-wrapped model on the same data) and
+        ``regime`` adds a baseline's penalty or schedule.
+        """
         t = self.tensors
+        tuner = finetuner or self.finetuner
         final = request.fold is None
-        result = self.finetuner.run(
+        result = tuner.run(
             request.lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), request.seed,
-            keep_best=final, on_epoch=on_epoch, train_index=None if final else self.folds[request.fold],
+            keep_best=final, on_epoch=on_epoch, train_index=None if final else self.folds[request.fold], regime=regime,
         )
         test = None
         if final:
-            test = self.finetuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
+            test = tuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
         return RunOutcome(
             best_val_accuracy=result.best_val_accuracy,
             best_epoch=result.best_epoch,
