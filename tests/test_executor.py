@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 
 import optuna
@@ -123,3 +124,21 @@ def test_local_ray_instance_listens_on_loopback_only():
     finally:
         executor.close()
     assert not ray.is_initialized()
+
+
+def test_worker_dying_between_calls_is_replaced():
+    """A worker killed after a call's runs finished breaks the pool; the next call starts a new one."""
+    spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
+    n = 7  # test_efficientnet's blocks
+    requests = [RunRequest(tuple([0.0] * 5 + [1e-3] * (n - 5)), 0, s) for s in (1, 2)]
+    with ProcessExecutor(spec, ["cpu", "cpu"], threads=1) as executor:
+        first: dict[int, float] = {}
+        executor.run(requests, lambda i, o: first.__setitem__(i, o.best_val_accuracy))
+        pid = executor.worker_pids()[0]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30
+        while executor._pool is not None and not executor._pool._broken and time.time() < deadline:
+            time.sleep(0.05)  # the pool notices the dead worker
+        second: dict[int, float] = {}
+        executor.run(requests, lambda i, o: second.__setitem__(i, o.best_val_accuracy))
+    assert second == first and len(second) == 2

@@ -126,7 +126,11 @@ class ProcessExecutor(Executor):
         while todo:
             if self._pool is None:
                 self._pool = self._start()
-            futures = {self._pool.submit(_perform_in_process, r): i for i, r in todo.items()}
+            try:
+                futures = {self._pool.submit(_perform_in_process, r): i for i, r in todo.items()}
+            except BrokenProcessPool:  # a worker died after the previous call's runs had finished
+                self._kill()
+                continue
             lost = False
             pending = set(futures)
             while pending:
