@@ -153,3 +153,25 @@ def test_unknown_and_missing_datasets(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(BioTuneError, match="junk.npz"):
         load_dataset(str(tmp_path / "junk.npz"))
+
+
+def _session(dataset: str, image_size):
+    from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+    from biotune.session import Session
+
+    return Session.prepare(ModelConfig(name="test_efficientnet", weights="random"),
+                           DataConfig(dataset=dataset, image_size=image_size), TrainConfig(epochs=1),
+                           n_folds=2, seed=0, runtime=RuntimeConfig(threads=1))
+
+
+def test_native_image_size_keeps_each_dataset_at_its_stored_size(small_npz, tmp_path):
+    session = _session(str(small_npz), "native")
+    assert session.image_size == 8 and session.tensors["x_train"].shape[-2:] == (8, 8)
+    assert _session(str(small_npz), 12).tensors["x_train"].shape[-2:] == (12, 12)
+    x = np.zeros((40, 10, 12, 1), np.uint8)
+    y = np.arange(40) % 2
+    np.savez(tmp_path / "wide.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4], classes=np.array(["a", "b"]))
+    with pytest.raises(BioTuneError, match="native.*10x12"):
+        _session(str(tmp_path / "wide.npz"), "native")
+    with pytest.raises(TypeError, match="image_size"):
+        _session(str(small_npz), "big")

@@ -15,7 +15,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
+from .config import NATIVE, PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
 from .errors import BioTuneError, scrub
 from .report import block_table, format_block_table
 from .search import SearchListener
@@ -54,9 +54,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None,
                    help="cache directory of named datasets; a <name>.npz there is used as is "
                         "(default: $BIOTUNE_DATA, else ~/.cache/biotune/data)")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="input side in pixels; images are resized once (default: 32 with the quick preset, "
-                        "the model's pretrained size otherwise)")
+    g.add_argument("--image-size", type=_image_size, default=None,
+                   help="input side in pixels, or 'native' for the size a named or .npz dataset is stored at; "
+                        "images are resized once (default: 32 with the quick preset, the model's pretrained "
+                        "size otherwise)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of train held out for validation when the dataset has no validation split (default: 0.2)")
 
@@ -175,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="L2-SP/L1-SP: penalise only convolution and linear kernels (the authors' code)")
     _add_model_options(c, search=True)
     g = c.add_argument_group("data")
-    g.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: 32 with quick)")
+    g.add_argument("--image-size", type=_image_size, default=None,
+                   help="input side in pixels, or 'native': each dataset at the size it is stored at "
+                        "(default: 32 with quick)")
     g.add_argument("--val-fraction", type=float, default=None, help="validation share carved from train (default: 0.2)")
     g.add_argument("--data-dir", default=None, help="cache directory of named datasets (default: $BIOTUNE_DATA)")
     _add_train_options(c)
@@ -211,6 +214,15 @@ def _runtime(args) -> RuntimeConfig:
         threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address,
     )
+
+
+def _image_size(text: str) -> int | str:
+    if text == NATIVE:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or '{NATIVE}', got {text!r}") from None
 
 
 def _partition(text: str | None):

@@ -97,6 +97,9 @@ class ModelConfig(_Serialisable):
             raise BioTuneError("`partition` must be a list of non-empty module-name prefixes")
 
 
+NATIVE = "native"  # DataConfig.image_size: each dataset at the size it is stored at
+
+
 @dataclass(frozen=True)
 class DataConfig(_Serialisable):
     """Which dataset, at which resolution, and how validation is carved out.
@@ -105,19 +108,21 @@ class DataConfig(_Serialisable):
         dataset: ``"digits"`` (scikit-learn's bundled digits, offline), the path of an
             ``.npz`` file (see ``../shared/data/README.md``) or of an ImageFolder directory.
         image_size: side of the square input in pixels; ``None`` uses the model's
-            pretrained input size.
+            pretrained input size; ``"native"`` keeps the stored size of a dataset held as
+            arrays (a name or an ``.npz``), so each dataset of a comparison runs at its own
+            resolution (ImageFolder images have none and are read at the model's size).
         val_fraction: share of the training data held out, stratified, for validation when
             the dataset has no validation split of its own.
     """
 
     dataset: str = "digits"
-    image_size: int | None = None
+    image_size: int | str | None = None
     val_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise BioTuneError(f"`dataset` must be a name or a path, got {self.dataset!r}")
-        if self.image_size is not None:
+        if self.image_size is not None and self.image_size != NATIVE:
             _check_int("image_size", self.image_size, 8, 2048)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
 

@@ -16,8 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from .data import SplitData, load_dataset, preprocess, split_dataset
+from .config import NATIVE, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from .data import ImageDataset, SplitData, load_dataset, preprocess, split_dataset
+from .errors import BioTuneError
 from .models import (
     Block,
     PretrainedModel,
@@ -37,6 +38,15 @@ def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
     """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
     state = np.random.SeedSequence([seed, purpose]).generate_state(count)
     return tuple(int(s) % (2**31 - 1) for s in state)
+
+
+def _native_size(ds: ImageDataset) -> int:
+    """The side a dataset is stored at (``--image-size native``); inputs are square."""
+    height, width = ds.x_train.shape[1:3]
+    if height != width:
+        raise BioTuneError(f"--image-size native: dataset {ds.name!r} is stored at {height}x{width}, not square; "
+                           "give a size in pixels")
+    return int(height)
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,13 @@ class Session:
         device = runtime.resolve_device()
         # The model's input size must be known before an ImageFolder is read.
         default_size = default_input_size(model.name)
-        ds = load_dataset(data.dataset, image_size=data.image_size or default_size, data_dir=runtime.data_dir)
+        native = data.image_size == NATIVE
+        read_size = default_size if native else data.image_size or default_size
+        ds = load_dataset(data.dataset, image_size=read_size, data_dir=runtime.data_dir)
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
-        size = data.image_size or pm.input_size
+        size = _native_size(ds) if native else data.image_size or pm.input_size
         tensors = {}
         for name, arr, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
                                   ("test", split.x_test, split.y_test)):

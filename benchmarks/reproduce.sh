@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reduced-scale reproduction of the paper's comparison (Tables I-II, Fig. 2) on the four datasets
+# of ../shared/data, sized for about 1.5 hours of 2 CPU cores. See README.md, "reproduce.sh".
+#
+# The grid is the single command in COMPARE below. To use both cores, each dataset runs as its own
+# shard (one thread each, two at a time); their ledgers are then merged and the same command,
+# run over every dataset, finds all runs finished and writes the combined tables and figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/reproduction}
+WORK=${WORK:-${TMPDIR:-/tmp}/biotune-reproduction}
+DATA=${DATA:-../shared/data}
+DATASETS=(mnist cifar10 usps flowers102)  # longest first: the two slots finish close together
+TABLE=mnist,usps,cifar10,flowers102       # column order of the tables
+COMPARE=(biotune compare --data-dir "$DATA" --image-size native --runs 3
+         --methods ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe
+         --epochs 4 --patience 2 --batch-size 64
+         --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.2 --no-progress)
+
+mkdir -p "$WORK" "$OUT"
+export WORK
+printf '%s\n' "${DATASETS[@]}" | xargs -P 2 -I{} sh -c \
+  "$(printf '%q ' "${COMPARE[@]}") --threads 1 --datasets {} --out \"\$WORK/{}\" > \"\$WORK/{}.log\" 2>&1"
+
+: > "$OUT/runs.jsonl"
+for d in "${DATASETS[@]}"; do
+  cat "$WORK/$d/runs.jsonl" >> "$OUT/runs.jsonl"
+  cp "$WORK/$d"/convergence-*.png "$OUT/"
+done
+"${COMPARE[@]}" --datasets "$TABLE" --out "$OUT"
