@@ -164,6 +164,16 @@ def _session(dataset: str, image_size):
                            n_folds=2, seed=0, runtime=RuntimeConfig(threads=1))
 
 
+def test_session_takes_its_threads_from_the_runtime(small_npz):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _session(str(small_npz), 8)  # RuntimeConfig(threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_native_image_size_keeps_each_dataset_at_its_stored_size(small_npz, tmp_path):
     session = _session(str(small_npz), "native")
     assert session.image_size == 8 and session.tensors["x_train"].shape[-2:] == (8, 8)

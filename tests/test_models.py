@@ -149,6 +149,11 @@ def test_reset_head_is_seeded():
     assert torch.equal(a, m.fc.weight)
     reset_head(m, torch.Generator().manual_seed(6))
     assert not torch.equal(a, m.fc.weight)
+    # Drawn on the CPU in float32 whatever the parameters' dtype (and device: CUDA parameters
+    # cannot be filled from a CPU generator): the same seed gives the same head.
+    m.double()
+    reset_head(m, torch.Generator().manual_seed(5))
+    assert m.fc.weight.dtype == torch.float64 and torch.equal(a.double(), m.fc.weight)
 
 
 def test_random_weights_are_seeded():

@@ -127,17 +127,21 @@ def classifier_name(model: nn.Module) -> str:
 def reset_head(model: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise the head's parameters from ``generator`` (PyTorch's Linear/Conv scheme).
 
-    Each training run seeds its own head, so results depend on an explicit seed only.
+    Each training run seeds its own head, so results depend on an explicit seed only. The values
+    are drawn as float32 on the CPU and copied in, so a seed gives the same head on any device
+    and dtype (a CPU generator cannot fill a CUDA tensor).
     """
     head = model.get_submodule(classifier_name(model))
     for module in head.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
-            if module.bias is not None:
-                fan_in = module.weight[0].numel()
-                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-                with torch.no_grad():
-                    module.bias.uniform_(-bound, bound, generator=generator)
+            weight = torch.empty(module.weight.shape)
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            with torch.no_grad():
+                module.weight.copy_(weight)
+                if module.bias is not None:
+                    fan_in = weight[0].numel()
+                    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    module.bias.copy_(torch.empty(module.bias.shape).uniform_(-bound, bound, generator=generator))
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

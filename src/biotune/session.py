@@ -122,6 +122,8 @@ class Session:
     ) -> "Session":
         """Load the dataset, build and partition the model, split, preprocess once onto the device."""
         device = runtime.resolve_device()
+        if runtime.threads is not None:  # this process's share of the cores (workers set theirs too)
+            torch.set_num_threads(runtime.threads)
         # The model's input size must be known before an ImageFolder is read.
         default_size = default_input_size(model.name)
         native = data.image_size == NATIVE
