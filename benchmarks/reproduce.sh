@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reduced-scale reproduction of the paper's comparison (Tables I-II, Fig. 2) on the four datasets
-# of ../shared/data, sized for about 1.5 hours of 2 CPU cores. See README.md, "reproduce.sh".
+# of ../shared/data, sized for about 1¼ hours of 2 CPU cores. See README.md, "reproduce.sh".
 #
 # The grid is the single command in COMPARE below. To use both cores, each dataset runs as its own
 # shard (one thread each, two at a time); their ledgers are then merged and the same command,

@@ -128,7 +128,8 @@ class ProcessExecutor(Executor):
                 self._pool = self._start()
             try:
                 futures = {self._pool.submit(_perform_in_process, r): i for i, r in todo.items()}
-            except BrokenProcessPool:  # a worker died after the previous call's runs had finished
+            except BrokenProcessPool:
+                logger.warning("a worker process died after its runs had finished; starting new workers")
                 self._kill()
                 continue
             lost = False
