@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import BioTuneError
-from .models import Block
+from .models import Block, within
 from .trainer import _BN_TYPES, Regime
 
 __all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan", "lora_model", "LoraModel"]
@@ -198,7 +198,7 @@ def lora_model(model: nn.Module, blocks: Sequence[Block], rank: int = 8) -> Lora
     norms = [n for n, m in modules.items() if isinstance(m, _BN_TYPES)]
     train_prefixes = (*head.prefixes, *norms, *adapters)
     params = dict(model.named_parameters())
-    owned = lambda n: any(n == p or n.startswith(p + ".") for p in train_prefixes)  # noqa: E731
+    owned = lambda n: any(within(n, p) for p in train_prefixes)  # noqa: E731
     trainable = tuple(n for n in params if owned(n))
     frozen = tuple(n for n in params if not owned(n))
     frozen_prefixes = tuple(dict.fromkeys(n.rsplit(".", 1)[0] for n in frozen))

@@ -66,7 +66,7 @@ class Block:
 
     def owns(self, name: str) -> bool:
         """True when a module or parameter ``name`` lies inside one of the block's prefixes."""
-        return any(name == p or name.startswith(p + ".") for p in self.prefixes)
+        return any(within(name, p) for p in self.prefixes)
 
 
 def trainable_percent(blocks: Sequence[Block], mask: Sequence[bool]) -> float:
@@ -174,7 +174,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def _fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Match a state dict to ``model`` (head excluded); try timm's converters for other layouts."""
     head = classifier_name(model)
-    target = {k: v for k, v in model.state_dict().items() if not _under(k, head)}
+    target = {k: v for k, v in model.state_dict().items() if not within(k, head)}
 
     def mismatch(candidate):
         missing = [k for k in target if k not in candidate]
@@ -211,7 +211,8 @@ def _fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
     raise BioTuneError(f"weights {source} do not fit model {type(model).__name__}: {'; '.join(parts)}")
 
 
-def _under(name: str, prefix: str) -> bool:
+def within(name: str, prefix: str) -> bool:
+    """True when the module or parameter ``name`` is ``prefix`` or lies inside it."""
     return name == prefix or name.startswith(prefix + ".")
 
 
@@ -240,7 +241,7 @@ def _packaged_state_dict(arch: str, model: nn.Module) -> dict[str, torch.Tensor]
             )
         mapped[dst_key] = tensor
     head = classifier_name(model)
-    return {k: v for k, v in mapped.items() if not _under(k, head)}
+    return {k: v for k, v in mapped.items() if not within(k, head)}
 
 
 def default_input_size(name: str) -> int:
@@ -328,7 +329,7 @@ def build_model(name: str, num_classes: int, *, weights: str = "auto", seed: int
     if state is not None:
         result = model.load_state_dict(state, strict=False)
         head = classifier_name(model)
-        unexpected_missing = [k for k in result.missing_keys if not _under(k, head)]
+        unexpected_missing = [k for k in result.missing_keys if not within(k, head)]
         assert not unexpected_missing and not result.unexpected_keys, (unexpected_missing, result.unexpected_keys)
     input_size = int(cfg.get("input_size", (3, 224, 224))[-1])
     return PretrainedModel(model, name, source, input_size, mean, std, num_classes)
@@ -340,12 +341,12 @@ def _module_prefixes(names: Sequence[str], all_names: Sequence[str]) -> tuple[st
     outside = [n for n in all_names if n not in inside]
     prefixes: list[str] = []
     for name in names:
-        if any(_under(name, p) for p in prefixes):
+        if any(within(name, p) for p in prefixes):
             continue
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):
             prefix = ".".join(parts[:depth])
-            if not any(_under(o, prefix) for o in outside):
+            if not any(within(o, prefix) for o in outside):
                 prefixes.append(prefix)
                 break
     return tuple(prefixes)
@@ -395,7 +396,7 @@ def partition_model(
     params = dict(model.named_parameters())
     names = list(params)
     head = classifier_name(model)
-    head_names = [n for n in names if _under(n, head)]
+    head_names = [n for n in names if within(n, head)]
     if partition is not None:
         return _manual_partition(model, partition, params, head, head_names)
     matcher_fn = getattr(model, "group_matcher", None)
@@ -409,7 +410,7 @@ def partition_model(
     groups = group_parameters(model, matcher_fn(coarse=granularity == "stage"))
     blocks = []
     for gid in sorted(groups):
-        members = [n for n in groups[gid] if not _under(n, head)]
+        members = [n for n in groups[gid] if not within(n, head)]
         if members:
             blocks.append(_make_block(members, _module_prefixes(members, names), params))
     blocks.append(_make_block(head_names, (head,), params))
@@ -430,7 +431,7 @@ def _manual_partition(model, partition, params, head, head_names) -> tuple[Block
         best = None
         for i, spec in enumerate(specs):
             for prefix in spec:
-                if _under(name, prefix) and (best is None or len(prefix) > best[1]):
+                if within(name, prefix) and (best is None or len(prefix) > best[1]):
                     best = (i, len(prefix))
         if best is not None:
             owner[name] = best[0]

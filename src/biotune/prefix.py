@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import Block
+from .models import Block, within
 
 __all__ = ["Cut", "PrefixCache", "bypass", "parse_memory"]
 
@@ -104,10 +104,6 @@ def bypass(model: nn.Module, cut: Cut | None) -> Iterator[None]:
 
 class _Stop(Exception):
     pass
-
-
-def _within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
 
 
 class PrefixCache:
@@ -185,22 +181,22 @@ class PrefixCache:
 
     def _locate(self, depth: int, order: list[str]) -> Cut | None:
         """Where block ``depth`` starts in the traced order, and what runs before it."""
-        starts = [i for i, name in enumerate(order) if any(_within(name, p) for p in self.blocks[depth].prefixes)]
+        starts = [i for i, name in enumerate(order) if any(within(name, p) for p in self.blocks[depth].prefixes)]
         if not starts:
             return None
         p = starts[0]
         entry = order[p]
-        before = [n for n in order[:p] if not _within(entry, n)]  # drop containers still open
+        before = [n for n in order[:p] if not within(entry, n)]  # drop containers still open
         after = set(order[p:])
-        if any(_within(a, b) for b in before for a in after):
+        if any(within(a, b) for b in before for a in after):
             return None  # a module of the prefix runs again later
         frozen = [p_ for b in self.blocks[:depth] for p_ in b.prefixes]
-        if any(not any(_within(n, p_) or _within(p_, n) for n in before) for p_ in frozen):
+        if any(not any(within(n, p_) or within(p_, n) for n in before) for p_ in frozen):
             return None  # a frozen block does not run before block `depth`
         later = [p_ for b in self.blocks[depth:] for p_ in b.prefixes]
-        if any(_within(n, p_) for n in before for p_ in later):
+        if any(within(n, p_) for n in before for p_ in later):
             return None  # part of a later block runs before block `depth`
-        top = [n for n in dict.fromkeys(before) if not any(_within(n, o) and n != o for o in before)]
+        top = [n for n in dict.fromkeys(before) if not any(within(n, o) and n != o for o in before)]
         return Cut(depth, tuple(top), entry)
 
     def _capture(self, cut: Cut, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +219,7 @@ class PrefixCache:
     def _check(self, cut: Cut, sample: torch.Tensor) -> bool:
         """The bypassed model on the captured tensor reproduces the whole model, in both modes."""
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        frozen = [m for name, m in self.model.named_modules() if any(_within(name, p) for b in self.blocks[: cut.depth] for p in b.prefixes)]
+        frozen = [m for name, m in self.model.named_modules() if any(within(name, p) for b in self.blocks[: cut.depth] for p in b.prefixes)]
         try:
             with torch.no_grad(), self._autocast():
                 with _eval(self.model):
