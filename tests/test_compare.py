@@ -66,8 +66,18 @@ def test_compare_writes_tables_and_figures_and_resumes_without_repeating(tmp_pat
     by = {(r["method"], r["run"]): r for r in records}
     assert by["lp", 0]["trainable_percent"] < by["lora", 0]["trainable_percent"] < by["ft", 0]["trainable_percent"] == 100.0
     for name in ("table1_accuracy.md", "table1_accuracy.csv", "table1_accuracy.tex", "table2_trainable.md",
-                 "fig2_heatmap.png", "convergence-digits-run0.png"):
+                 "table4_compute.md", "fig2_heatmap.png", "convergence-digits-biotune-run0.png",
+                 "convergence-digits-random-run1.png"):
         assert (out / name).is_file(), name
+    for r in records:  # every method states its compute; a search counts its search and its final runs
+        c = r["compute"]
+        assert c["training_runs"] >= 1 and c["epochs"] >= c["training_runs"] and c["train_images"] > 0
+        if r["method"] in ("biotune", "random", "tpe"):
+            search = r["search_compute"]
+            assert c["training_runs"] == search["training_runs"] + len(r["candidates"])
+            assert r["selected_by"] == "validation"
+            best = max(r["candidates"], key=lambda x: x["val_accuracy"])
+            assert r["val_accuracy"] == best["val_accuracy"] and r["genes"] == best["genes"]
     assert "BioTune vs FT" in (out / "table1_accuracy.md").read_text()
     before = (out / "runs.jsonl").read_text()
     assert main([*args, "--methods", "ft,biotune"]) == 0  # everything done: nothing retrained

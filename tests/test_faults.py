@@ -104,8 +104,9 @@ def test_sigkill_at_random_points_resumes_without_losing_or_repeating(tmp_path, 
     keys = _complete_keys(db)
     assert sorted(keys) == sorted(_complete_keys(reference / "study.db"))  # none lost, none repeated
     assert Counter(keys).most_common(1)[0][1] == 1
-    seeds = [r["seed"] for r in json.loads((run_dir / "final_runs.json").read_text())]
-    assert len(seeds) == len(set(seeds)) == 2
+    assert got["candidates"] == ref["candidates"]
+    runs = [(tuple(r["genes"]), r["seed"]) for r in json.loads((run_dir / "final_runs.json").read_text())]
+    assert len(runs) == len(set(runs)) == 2 * len(got["candidates"])  # top-k x final seeds, none repeated
     assert not list(run_dir.glob(".*.tmp")), "temporary files of the killed report writer were left behind"
 
 

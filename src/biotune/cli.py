@@ -15,7 +15,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import NATIVE, PRESETS, DataConfig, RunConfig, RuntimeConfig, TrainConfig
+from .config import NATIVE, PRESETS, STRATEGIES, DataConfig, RunConfig, RuntimeConfig, TrainConfig
 from .errors import BioTuneError, scrub
 from .report import block_table, format_block_table
 from .search import SearchListener
@@ -111,7 +111,16 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seeds", type=int, default=None, help=f"training runs (seeds) per evaluation ({_both('search', 'seeds')})")
     g.add_argument("--fraction", type=float, default=None,
                    help="share p of training data per fold, in (0, 1]; ceil(1/p) stratified folds (default: 0.5)")
-    g.add_argument("--final-runs", type=int, default=None, help="runs of the final fine-tune (default: 3)")
+    g.add_argument("--final-runs", type=int, default=None,
+                   help=f"final fine-tuning runs (seeds) of each top-k configuration ({_both('search', 'final_runs')})")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="the k best distinct configurations of all generations (by mean fitness) are fine-tuned "
+                        "on the full training set; the best mean validation accuracy is kept "
+                        f"({_both('search', 'top_k')})")
+    g.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="search strategy: 'robust' (noise-robust memetic operators), 'memetic' (the paper's "
+                        "operators), 'random' (random search over the same genomes) or 'tpe' (Optuna's TPE); "
+                        f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
@@ -163,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--datasets", required=True,
                    help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files or folders")
     c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
-                   help="comma-separated methods (default: all eleven)")
+                   help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; biotune (the search "
+                        "with --strategy); robust, memetic, random, tpe (the same search with that strategy) "
+                        "(default: ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe)")
     c.add_argument("--runs", type=int, default=3, help="runs per dataset and method (default: 3)")
     c.add_argument("--out", required=True, help="output directory (runs.jsonl, tables, figures)")
     c.add_argument("--fractions", default=None,
@@ -239,7 +250,8 @@ def _search_config(args) -> RunConfig:
         data=_overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
         train=_train_overrides(args),
         search=_overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
-                                 "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs", "seed": "seed"}),
+                                 "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs", "seed": "seed",
+                                 "top_k": "top_k", "strategy": "strategy"}),
     )
 
 
@@ -300,11 +312,12 @@ class _Progress(SearchListener):
 
 
 def _cmd_search(args) -> int:
+    from .evolution import batch_sizes
     from .pipeline import run
 
     config = _search_config(args)
     s = config.search
-    total = s.population + s.generations * (3 * s.elites + s.population - s.elites)
+    total = sum(batch_sizes(s.population, s.elites, s.generations))
     progress = _Progress(total, enabled=not args.no_progress)
     progress.set_epochs(config.train.epochs)
     runtime = _runtime(args)
@@ -318,7 +331,14 @@ def _cmd_search(args) -> int:
           f"({len(result.blocks)} blocks, {config.model.granularity} granularity):")
     print(format_block_table(best["blocks"]))
     print()
-    print(f"validation fitness Φ (best)       : {best['fitness']:.4f}  (val. accuracy {1 - best['fitness']:.4f})")
+    print(f"top-{len(best['candidates'])} configurations of the {best['strategy']} search, fine-tuned "
+          f"({len(best['test_accuracies'])} runs each) and chosen by validation accuracy:")
+    for i, c in enumerate(best["candidates"]):
+        mark = "*" if c["chosen"] else " "
+        print(f"  {mark} #{i + 1}  search fitness {c['fitness']:.4f}  val {100 * c['val_accuracy']:.2f}%  "
+              f"test {100 * c['test_accuracy']:.2f}%  trainable {c['trainable_percent']:.1f}%")
+    print()
+    print(f"validation fitness Φ (mean)       : {best['fitness']:.4f}  (val. accuracy {1 - best['fitness']:.4f})")
     print(f"initial population mean fitness   : {best['initial_population_mean_fitness']:.4f}")
     print(f"test accuracy ({len(best['test_accuracies'])} runs)            : "
           f"{100 * best['test_accuracy_mean']:.2f}% ± {100 * best['test_accuracy_se']:.2f} (SE)")

@@ -24,14 +24,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .ablation import SAMPLERS, batch_sizes, sampler_search
 from .baselines import BASELINES, baseline_plan, lora_model
-from .config import RunConfig, RuntimeConfig
+from .config import STRATEGIES, RunConfig, RuntimeConfig
+from .engines import make_engine
 from .errors import BioTuneError
-from .evolution import MemeticEvolution
 from .executor import make_executor
+from .final import select_final
 from .fitness import FitnessEvaluator
-from .genome import decode
 from .models import build_model, partition_model, trainable_percent
 from .report import (
     atomic_write_bytes,
@@ -44,20 +43,24 @@ from .search import run_search
 from .session import (
     FINAL_SEEDS,
     SEARCH_SEEDS,
+    Compute,
     RunRequest,
     Session,
     SessionSpec,
     training_seeds,
 )
 from .study import TrialStore, gene_names
-from .tables import accuracy_table, to_csv, to_latex, to_markdown, trainable_table
+from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
 from .trainer import FineTuner
 
-__all__ = ["METHODS", "CompareOptions", "compare"]
+__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = (*BASELINES, "biotune", *SAMPLERS)
+# ``biotune`` searches with the configured strategy; the others are the same search with that
+# strategy instead: same prior, budget, folds, seeds and top-k selection.
+SEARCHES = ("biotune", *STRATEGIES)
+METHODS = (*BASELINES, *SEARCHES)
 
 
 @dataclass(frozen=True)
@@ -181,45 +184,57 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
             percent = trainable_percent(blocks, plan.trainable)
         outcome = session.perform(RunRequest(tuple(lrs), None, final_seed), finetuner=tuner, regime=regime)
         record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
-                      failure=outcome.failure)
+                      failure=outcome.failure, compute=Compute.of([outcome]).to_dict())
     else:
-        genes, search_seconds, generations = _search(session, method, seed, config, runtime, out, dataset, run, fraction)
-        decoded = decode(np.asarray(genes), config.train.lr)
-        outcome = session.perform(RunRequest(tuple(decoded.lrs), None, final_seed))
-        percent = trainable_percent(blocks, decoded.mask)
+        strategy = config.search.strategy if method == "biotune" else method
+        record["strategy"] = strategy
+        search, selection, search_seconds = _search(session, strategy, seed, final_seed, config, runtime, out,
+                                                    dataset, method, run, fraction)
+        final = selection.result
+        genes = final.genes
+        run_ = final.runs[0]
+        percent = final.trainable_percent
+        estimate = {r.genes: r.fitness for r in search.ranking}
         record.update(
-            val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
-            failure=outcome.failure, genes=list(genes), search_seconds=search_seconds,
+            val_accuracy=run_.val_accuracy, test_accuracy=run_.test_accuracy, failure=run_.failure,
+            genes=list(genes), search_seconds=search_seconds,
             multipliers=[row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
             blocks=[b.name for b in blocks],
+            selected_by=selection.selected_by,
+            candidates=[{"genes": list(c.genes), "fitness": estimate[c.genes], "val_accuracy": c.val_accuracy_mean,
+                         "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent}
+                        for c in selection.candidates],
+            compute=(search.compute + selection.compute).to_dict(),
+            search_compute=search.compute.to_dict(),
+            distinct_configurations=len(search.ranking),
         )
-        if generations is not None:
-            suffix = "" if fraction is None else f"-p{fraction:g}"
-            plot_convergence(out / f"convergence-{slug(Path(dataset).stem or dataset)}-run{run}{suffix}.png", generations)
+        suffix = "" if fraction is None else f"-p{fraction:g}"
+        stem = slug(Path(dataset).stem or dataset)
+        plot_convergence(out / f"convergence-{stem}-{method}-run{run}{suffix}.png", search.generations)
     record.update(trainable_percent=percent, seconds=time.perf_counter() - start)
     return record
 
 
-def _search(session, method, seed, config, runtime, out, dataset, run, fraction):
+def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, method, run, fraction):
+    """One search (resumable from ``<out>/studies.db``) and its top-k final phase with one seed."""
     s = config.search
     spec = SessionSpec(config.model, dataclasses.replace(config.data, dataset=dataset), config.train, s.n_folds,
                        s.seed, runtime)
+    study = f"{Path(dataset).stem or dataset}-{method}"
     start = time.perf_counter()
     with make_executor(runtime, spec, session) as executor:
         evaluator = FitnessEvaluator(executor, s.n_folds, training_seeds(seed, SEARCH_SEEDS, s.seeds),
                                      config.train.lr, session.context)
-        if method == "biotune":
-            names = gene_names([b.name for b in session.blocks])
-            suffix = "" if fraction is None else f"-p{fraction:g}"
-            store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(Path(dataset).stem or dataset)}-run{run}{suffix}",
-                               names, {"context": session.context, "search": s.to_dict(), "seed": seed})
-            engine = MemeticEvolution(len(session.blocks), population_size=s.population, n_elites=s.elites,
-                                      generations=s.generations, rng=np.random.default_rng(seed))
-            result = run_search(engine, evaluator, store)
-            return result.best_genes, time.perf_counter() - start, result.generations
-        result = sampler_search(method, evaluator, len(session.blocks),
-                                batch_sizes(s.population, s.elites, s.generations), seed=seed)
-        return result.best_genes, time.perf_counter() - start, None
+        names = gene_names([b.name for b in session.blocks])
+        suffix = "" if fraction is None else f"-p{fraction:g}"
+        store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(study)}-run{run}{suffix}",
+                           names, {"context": session.context, "search": {**s.to_dict(), "strategy": strategy},
+                                   "seed": seed})
+        result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store)
+        seconds = time.perf_counter() - start
+        selection = select_final(executor, [r.genes for r in result.top(s.top_k)], session.blocks,
+                                 base_lr=config.train.lr, seeds=(final_seed,))
+    return result, selection, seconds
 
 
 def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions) -> None:
@@ -227,7 +242,8 @@ def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods:
     if main:
         table1 = accuracy_table(main, methods, datasets)
         table2 = trainable_table(main, methods, datasets)
-        for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2)):
+        table4 = compute_table(main, methods, datasets)
+        for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2), ("table4_compute", table4)):
             atomic_write_bytes(out / f"{stem}.md", to_markdown(table).encode())
             atomic_write_bytes(out / f"{stem}.csv", to_csv(table).encode())
             atomic_write_bytes(out / f"{stem}.tex", to_latex(table).encode())
@@ -237,10 +253,10 @@ def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods:
             for d in datasets:
                 mine = [r for r in searched if r["dataset"] == d]
                 if mine:
-                    best = max(mine, key=lambda r: r["test_accuracy"])  # the run shown: best on test
+                    best = max(mine, key=lambda r: r["val_accuracy"])  # the run shown: best on validation
                     rows.append((d, best["multipliers"]))
             plot_heatmap(out / "fig2_heatmap.png", searched[0]["blocks"], rows,
-                         title="BioTune: LR multiplier per block (❄ frozen), best run per dataset")
+                         title="BioTune: LR multiplier per block (❄ frozen), best run per dataset (by validation)")
     if fractions:
         lines = ["| fraction | " + " | ".join(f"{d} accuracy (%) | {d} search (s)" for d in datasets) + " |",
                  "|" + "---|" * (1 + 2 * len(datasets))]

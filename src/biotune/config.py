@@ -23,10 +23,12 @@ __all__ = [
     "RuntimeConfig",
     "PRESETS",
     "GRANULARITIES",
+    "STRATEGIES",
     "EXECUTORS",
 ]
 
 GRANULARITIES = ("stage", "block")
+STRATEGIES = ("robust", "memetic", "random", "tpe")  # search strategies (see biotune.engines)
 
 
 def _check_int(name: str, value: Any, low: int, high: float = math.inf) -> None:
@@ -166,8 +168,15 @@ class SearchConfig(_Serialisable):
         seeds: training runs per evaluation (N_s), each with its own seed.
         fraction: share p of the training data in one fold; the data is split into
             ceil(1/p) stratified folds and generation g trains on fold g mod n_folds.
-        final_runs: runs of the final fine-tune on the full training set.
+        final_runs: runs (seeds) of the final fine-tune of each top-k configuration on the
+            full training set.
         seed: seed of everything random: the EA, the splits, the training runs.
+        strategy: the search strategy: ``"robust"`` (noise-robust memetic operators),
+            ``"memetic"`` (the paper's operators), ``"random"`` (random search over the same
+            genome space) or ``"tpe"`` (Optuna's TPE); see :mod:`biotune.engines`.
+        top_k: the k best distinct configurations of all generations (by mean fitness) are
+            each fine-tuned with the final seeds; the best mean validation accuracy wins
+            (the paper's "top five", chosen on validation instead of test).
     """
 
     population: int = 10
@@ -177,6 +186,8 @@ class SearchConfig(_Serialisable):
     fraction: float = 0.5
     final_runs: int = 3
     seed: int = 0
+    strategy: str = "robust"
+    top_k: int = 5
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -190,6 +201,9 @@ class SearchConfig(_Serialisable):
         _check_float("fraction", self.fraction, 0.0, 1.0)
         _check_int("final_runs", self.final_runs, 1)
         _check_int("seed", self.seed, 0, 2**31 - 1)
+        if self.strategy not in STRATEGIES:
+            raise BioTuneError(f"`strategy` must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        _check_int("top_k", self.top_k, 1)
 
     @property
     def n_folds(self) -> int:
@@ -319,13 +333,13 @@ class RuntimeConfig:
 
 
 # Presets change settings before explicit options are applied. ``paper`` is the paper's
-# protocol (the dataclass defaults); ``quick`` is the offline demo that runs in minutes on
+# protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {},
+    "paper": {"search": {"strategy": "memetic"}},
     "quick": {
         "data": {"image_size": 32},
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
-        "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 3},
+        "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},
     },
 }

@@ -19,6 +19,22 @@ Unlike Starke's sequential loop, parents are not removed from the mating pool wh
 child is worse (that needs each child's fitness before the next is bred, which forbids
 batch evaluation). Unlike the public BioTune code, extinction is computed for the initial
 population too and momentum is added to the genes.
+
+Fitness told to the engine is an estimate: the search layer passes, for each candidate, the
+mean over every evaluation its configuration has had (an elite re-scored adds evidence).
+
+Two operator sets share this engine (see :func:`make_engine`):
+
+- ``memetic`` (the paper's): the operators above, elites keep the best of themselves and
+  their two ±δ variants, the rest of the population is the offspring.
+- ``robust``: the same budget per generation spent differently. Each elite is re-scored and
+  gets one variant that perturbs several genes, the threshold included, so exploitation can
+  unfreeze a block as well as freeze one. The other slots are offspring of *uniform*
+  crossover (each gene from one parent: no averaging toward the middle, no momentum),
+  Gaussian mutation scaled by extinction and no adoption; a quarter of them are random
+  newcomers drawn from the initial prior. The next population is the best N_p distinct
+  configurations of everything evaluated this generation (elites included), by their mean
+  fitness.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import BioTuneError
-from .genome import random_genome, repair, trainable_mask
+from .genome import decode, random_genome, repair, trainable_mask
 
 __all__ = [
     "Candidate",
@@ -42,12 +58,17 @@ __all__ = [
     "mutate",
     "adopt",
     "exploit_variants",
+    "uniform_crossover",
+    "gaussian_mutation",
+    "keep",
+    "perturb_variant",
+    "batch_sizes",
     "ROLES",
 ]
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("init", "elite", "exploit", "offspring")
+ROLES = ("init", "elite", "exploit", "offspring", "newcomer", "sample")
 EXPLOIT_SCALE = 0.25
 
 
@@ -154,6 +175,62 @@ def exploit_variants(rng: np.random.Generator, elite: np.ndarray) -> tuple[np.nd
     return variants[0], variants[1]
 
 
+def uniform_crossover(
+    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each gene from parent A or B with equal chance; no momentum (``robust``).
+
+    Unlike interpolation, the child's genes are parents' genes, so crossover does not pull
+    the population toward the middle of [0, 1] (LR multiplier 1, half the blocks trainable).
+    """
+    take_a = rng.random(len(a)) < 0.5
+    return np.where(take_a, a, b), np.zeros(len(a))
+
+
+def gaussian_mutation(rng: np.random.Generator, genes: np.ndarray, mean_extinction: float) -> np.ndarray:
+    """Mutate each gene with probability ē(1 − 1/D) + 1/D by N(0, 0.05 + 0.2·ē) (``robust``)."""
+    d = len(genes)
+    rate = mean_extinction * (1.0 - 1.0 / d) + 1.0 / d
+    hit = rng.random(d) < rate
+    return genes + np.where(hit, rng.normal(0.0, 0.05 + 0.2 * mean_extinction, d), 0.0)
+
+
+def keep(rng: np.random.Generator, genes: np.ndarray, a: np.ndarray, b: np.ndarray, prototype: np.ndarray) -> np.ndarray:
+    """No adoption (``robust``): adoption averages toward the parents and shrinks diversity."""
+    return genes
+
+
+def perturb_variant(rng: np.random.Generator, elite: np.ndarray) -> list[np.ndarray]:
+    """One variant of an elite with 1–3 genes (threshold included) moved by N(0, 0.15).
+
+    After BioIK's exploitation, which perturbs several variables at once. Any gene can move,
+    frozen blocks' and the threshold too, so a variant can unfreeze a block.
+    """
+    d = len(elite)
+    v = elite.copy()
+    genes = rng.choice(d, size=min(d, int(rng.integers(1, 4))), replace=False)
+    v[genes] = v[genes] + rng.normal(0.0, 0.15, len(genes))
+    return [repair(np.clip(v, 0.0, 1.0))]
+
+
+def _paper_exploitation(rng: np.random.Generator, elite: np.ndarray) -> list[np.ndarray]:
+    return list(exploit_variants(rng, elite))
+
+
+def batch_sizes(population: int, elites: int, generations: int) -> tuple[int, ...]:
+    """Evaluations per generation of every strategy: N_p, then N_p + 2·elites each.
+
+    The memetic search spends a generation on the elites re-scored, two exploit variants
+    each and N_p − elites offspring; ``robust`` on the elites, one variant each and N_p
+    offspring; random search and TPE on as many samples.
+
+    Example:
+        >>> batch_sizes(10, 3, 3)
+        (10, 16, 16, 16)
+    """
+    return (population,) + (population + 2 * elites,) * generations
+
+
 class MemeticEvolution:
     """Deterministic memetic EA over genomes in [0, 1]^D, driven by ``ask()``/``tell()``.
 
@@ -165,6 +242,11 @@ class MemeticEvolution:
         rng: the only source of randomness.
         crossover, mutation, adoption: replaceable operators with the signatures of
             :func:`crossover`, :func:`mutate`, :func:`adopt`.
+        exploitation: ``(rng, elite) -> list of variants`` (the paper's: two ±δ variants).
+        newcomers: offspring slots filled with random genomes each generation.
+        survival: ``"elitist"`` (the paper's: each elite keeps the best of itself and its
+            variants, plus the offspring) or ``"truncation"`` (the best N_p distinct
+            configurations of the whole generation).
 
     Example:
         >>> engine = MemeticEvolution(3, population_size=4, n_elites=1, generations=1,
@@ -191,6 +273,9 @@ class MemeticEvolution:
         crossover: Callable = crossover,
         mutation: Callable = mutate,
         adoption: Callable = adopt,
+        exploitation: Callable = _paper_exploitation,
+        newcomers: int = 0,
+        survival: str = "elitist",
     ) -> None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -207,7 +292,17 @@ class MemeticEvolution:
         self.n_elites = n_elites
         self.generations = generations
         self.rng = rng
+        if survival not in ("elitist", "truncation"):
+            raise BioTuneError(f"`survival` must be 'elitist' or 'truncation', got {survival!r}")
         self._crossover, self._mutation, self._adoption = crossover, mutation, adoption
+        self._exploitation, self.survival = exploitation, survival
+        probe = np.concatenate([np.full(n_blocks, 0.5), [0.0]])
+        self.n_variants = len(exploitation(np.random.default_rng(0), probe))
+        # Every generation costs the same: what exploitation does not spend goes to offspring.
+        self.n_offspring = population_size + 2 * n_elites - n_elites * (1 + self.n_variants)
+        if not 0 <= newcomers <= self.n_offspring:
+            raise BioTuneError(f"`newcomers` must be in [0, {self.n_offspring}], got {newcomers}")
+        self.newcomers = newcomers
         self.generation = -1  # last finished generation
         self.population = np.empty((0, n_blocks + 1))
         self.fitness = np.empty(0)
@@ -245,23 +340,28 @@ class MemeticEvolution:
         return list(batch)
 
     def _breed_generation(self, g: int) -> tuple[list[Candidate], np.ndarray]:
-        n_e, n = self.n_elites, self.population_size
+        n_e, n = self.n_elites, len(self.population)
+        d = self.n_blocks + 1
         batch: list[Candidate] = []
         for i in range(n_e):
             batch.append(Candidate(tuple(self.population[i]), "elite", g, len(batch), (i,)))
         for i in range(n_e):
-            plus, minus = exploit_variants(self.rng, self.population[i])
-            batch.append(Candidate(tuple(plus), "exploit", g, len(batch), (i,)))
-            batch.append(Candidate(tuple(minus), "exploit", g, len(batch), (i,)))
+            for variant in self._exploitation(self.rng, self.population[i]):
+                batch.append(Candidate(tuple(variant), "exploit", g, len(batch), (i,)))
         momenta = []
-        for _ in range(n - n_e):
+        for k in range(self.n_offspring):
+            if k >= self.n_offspring - self.newcomers:
+                genes = random_genome(self.rng, self.n_blocks)
+                momenta.append(np.zeros(d))
+                batch.append(Candidate(tuple(genes), "newcomer", g, len(batch)))
+                continue
             a = rank_select(self.rng, n)
             b = rank_select(self.rng, n, exclude=(a,))
             p = rank_select(self.rng, n)
             genes, momentum = self._offspring(a, b, p)
             momenta.append(momentum)
             batch.append(Candidate(tuple(genes), "offspring", g, len(batch), (a, b, p)))
-        return batch, np.asarray(momenta)
+        return batch, np.asarray(momenta).reshape(-1, d)
 
     def _offspring(self, a: int, b: int, p: int) -> tuple[np.ndarray, np.ndarray]:
         pop, mom = self.population, self.momentum
@@ -291,22 +391,24 @@ class MemeticEvolution:
         if g == 0:
             genes = np.array([c.genes for c in batch])
             momentum, fit = self._pending_momentum, f
-        else:
-            n_e = self.n_elites
+        elif self.survival == "elitist":
+            n_e, v = self.n_elites, self.n_variants
             genes, momentum, fit = [], [], []
             for i in range(n_e):
                 options = [(f[i], batch[i].array)]
-                options += [(f[n_e + 2 * i + k], batch[n_e + 2 * i + k].array) for k in (0, 1)]
+                options += [(f[n_e + v * i + k], batch[n_e + v * i + k].array) for k in range(v)]
                 # min() keeps the first of equal values: the elite itself wins ties
                 best_f, best_genes = min(options, key=lambda o: o[0])
                 genes.append(best_genes)
                 momentum.append(self.momentum[i])
                 fit.append(best_f)
-            offspring = batch[3 * n_e :]
+            offspring = batch[n_e * (1 + v) :]
             genes += [c.array for c in offspring]
             momentum += list(self._pending_momentum)
-            fit += list(f[3 * n_e :])
+            fit += list(f[n_e * (1 + v) :])
             genes, momentum, fit = np.array(genes), np.array(momentum), np.array(fit)
+        else:
+            genes, momentum, fit = self._truncate(batch, f)
         order = np.argsort(fit, kind="stable")
         self.population, self.momentum, self.fitness = genes[order], momentum[order], fit[order]
         self.extinction = extinction(self.fitness)
@@ -316,6 +418,31 @@ class MemeticEvolution:
         self.history.append(stats)
         logger.info("generation %d: best fitness %.4f, mean %.4f", g, stats.best, stats.mean)
         return stats
+
+    def _truncate(self, batch: list[Candidate], f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best N_p distinct configurations of the generation (elites, variants, offspring).
+
+        Two genomes that decode to the same mask and learning rates count once (the first
+        asked, so an elite re-scored keeps its place and its momentum).
+        """
+        d = self.n_blocks + 1
+        momentum_of = [self.momentum[c.parents[0]] if c.role == "elite" else np.zeros(d) for c in batch]
+        offspring_start = len(batch) - self.n_offspring
+        for j in range(self.n_offspring):
+            momentum_of[offspring_start + j] = self._pending_momentum[j]
+        seen, rows = set(), []
+        for i in np.argsort(f, kind="stable"):
+            key = decode(batch[i].array, 1.0).key()
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(i)
+            if len(rows) == self.population_size:
+                break
+        # Fewer distinct configurations than N_p (rare): the best repeats fill the population.
+        rows += [i for i in np.argsort(f, kind="stable") if i not in rows][: self.population_size - len(rows)]
+        rows = sorted(rows)  # batch order; tell() sorts by fitness
+        return (np.array([batch[i].array for i in rows]), np.array([momentum_of[i] for i in rows]), f[rows])
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state; :meth:`load_state_dict` restores it exactly."""

@@ -1,4 +1,10 @@
-"""The final fine-tune: the chosen configuration on the full training set, scored on test."""
+"""The final phase: the top-k configurations fine-tuned on the full training set, one chosen.
+
+Each candidate configuration is fine-tuned once per final seed and scored on validation and
+on test at its best validation epoch. The candidate with the best mean *validation* accuracy
+is the result (ties: the better-ranked candidate); test accuracy is reported, never used to
+choose.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from .errors import BioTuneError
 from .executor import Executor
 from .genome import decode
 from .models import Block, trainable_percent
-from .session import RunOutcome, RunRequest
+from .session import Compute, RunOutcome, RunRequest
 
-__all__ = ["FinalRun", "FinalResult", "final_finetune", "mean_and_se"]
+__all__ = ["FinalRun", "FinalResult", "Selection", "final_finetune", "select_final", "mean_and_se"]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -39,6 +46,7 @@ class FinalRun:
     seconds: float
     diverged: bool
     failure: str | None = None
+    train_images: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -61,6 +69,41 @@ class FinalResult:
     test_accuracy_se: float
     val_accuracy_mean: float
     trainable_percent: float
+
+    @property
+    def compute(self) -> Compute:
+        return Compute.of(self.runs)
+
+    @property
+    def best_run(self) -> FinalRun:
+        """The run with the best validation accuracy (ties: the first seed)."""
+        return max(self.runs, key=lambda r: r.val_accuracy)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The final phase's outcome: every candidate's result and the one chosen on validation.
+
+    Attributes:
+        candidates: one :class:`FinalResult` per candidate, in ranking order.
+        chosen: index of the candidate with the best mean validation accuracy.
+    """
+
+    candidates: tuple[FinalResult, ...]
+    chosen: int
+
+    selected_by = "validation"
+
+    @property
+    def result(self) -> FinalResult:
+        return self.candidates[self.chosen]
+
+    @property
+    def compute(self) -> Compute:
+        total = Compute()
+        for c in self.candidates:
+            total = total + c.compute
+        return total
 
 
 def final_finetune(
@@ -87,16 +130,23 @@ def final_finetune(
     todo = [s for s in seeds if s not in done]
 
     def finished(i: int, outcome: RunOutcome) -> None:
-        run = FinalRun(
-            todo[i], outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
-            outcome.epochs_run, outcome.seconds, outcome.diverged, outcome.failure,
-        )
+        run = _final_run(todo[i], outcome)
         done[run.seed] = run
         if on_run is not None:
             on_run(run)
 
     executor.run([RunRequest(tuple(decoded.lrs), None, s) for s in todo], finished, on_epoch)
-    runs = [done[s] for s in seeds]
+    return _result(genes, blocks, decoded.mask, [done[s] for s in seeds])
+
+
+def _final_run(seed: int, outcome: RunOutcome) -> FinalRun:
+    return FinalRun(
+        seed, outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
+        outcome.epochs_run, outcome.seconds, outcome.diverged, outcome.failure, outcome.train_images,
+    )
+
+
+def _result(genes, blocks, mask, runs: Sequence[FinalRun]) -> FinalResult:
     mean, se = mean_and_se([r.test_accuracy for r in runs])
     return FinalResult(
         genes=tuple(float(g) for g in genes),
@@ -104,5 +154,49 @@ def final_finetune(
         test_accuracy_mean=mean,
         test_accuracy_se=se,
         val_accuracy_mean=float(np.mean([r.val_accuracy for r in runs])),
-        trainable_percent=trainable_percent(blocks, decoded.mask),
+        trainable_percent=trainable_percent(blocks, mask),
     )
+
+
+def select_final(
+    executor: Executor,
+    candidates: Sequence[Sequence[float]],
+    blocks: Sequence[Block],
+    *,
+    base_lr: float,
+    seeds: Sequence[int],
+    done: Mapping[tuple, FinalRun] | None = None,
+    on_run: Callable[[tuple[float, ...], FinalRun], None] | None = None,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> Selection:
+    """Fine-tune each candidate once per seed on all training data; choose on validation.
+
+    All runs go to the executor together (in parallel when it can).
+
+    Args:
+        candidates: genomes in ranking order (best estimated fitness first).
+        done: runs already finished, keyed by ``(genes tuple, seed)``; not repeated.
+        on_run: called as ``on_run(genes, run)`` after each new run (to persist it).
+
+    Returns:
+        Every candidate's result and the index of the one with the best mean validation
+        accuracy (the first of equals).
+    """
+    if not candidates:
+        raise BioTuneError("the final phase needs at least one candidate configuration")
+    genes_list = [tuple(float(g) for g in c) for c in candidates]
+    decoded = [decode(np.asarray(g), base_lr) for g in genes_list]
+    runs = dict(done or {})
+    todo = [(g, s) for g in genes_list for s in seeds if (g, s) not in runs]
+    lrs = {g: tuple(d.lrs) for g, d in zip(genes_list, decoded)}
+
+    def finished(i: int, outcome: RunOutcome) -> None:
+        genes, seed = todo[i]
+        runs[(genes, seed)] = run = _final_run(seed, outcome)
+        if on_run is not None:
+            on_run(genes, run)
+
+    executor.run([RunRequest(lrs[g], None, s) for g, s in todo], finished, on_epoch)
+    results = tuple(_result(g, blocks, d.mask, [runs[(g, s)] for s in seeds]) for g, d in zip(genes_list, decoded))
+    chosen = max(range(len(results)), key=lambda i: (results[i].val_accuracy_mean, -i))
+    return Selection(results, chosen)

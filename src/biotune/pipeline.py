@@ -22,9 +22,9 @@ import torch
 
 from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
 from .errors import BioTuneError, redact_url, scrub
-from .evolution import MemeticEvolution
+from .engines import make_engine
 from .executor import make_executor
-from .final import FinalResult, FinalRun, final_finetune
+from .final import FinalResult, FinalRun, Selection, final_finetune, select_final
 from .fitness import FitnessEvaluator
 from .genome import check_genome, decode
 from .models import Block, partition_model
@@ -52,9 +52,14 @@ class RunResult:
 
     run_dir: Path
     search: SearchResult
-    final: FinalResult
+    selection: Selection
     blocks: tuple[Block, ...]
     best: dict[str, Any]
+
+    @property
+    def final(self) -> FinalResult:
+        """The chosen configuration's final runs."""
+        return self.selection.result
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -220,64 +225,82 @@ def _config_document(config: RunConfig, session: Session, runtime: RuntimeConfig
 
 def _run_in(path, config, spec, session, store, runtime, listener) -> RunResult:
     s = config.search
-    engine = MemeticEvolution(
-        len(session.blocks),
-        population_size=s.population,
-        n_elites=s.elites,
-        generations=s.generations,
-        rng=np.random.default_rng(s.seed),
-    )
+    engine = make_engine(s.strategy, len(session.blocks), s, s.seed)
     with make_executor(runtime, spec, session) as executor:
         evaluator = FitnessEvaluator(
             executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.context
         )
         result = run_search(engine, evaluator, store, listener=listener)
-        final = _final(path, session, executor, config, result, listener)
-    best = _best_document(session, config, result, final)
+        selection = _final(path, session, executor, config, result, listener)
+    best = _best_document(session, config, result, selection)
     write_json(path / "best.json", best)
     plot_heatmap(
         path / "heatmap.png", [b.name for b in session.blocks],
         [(f"{session.dataset_name}", [r["lr_multiplier"] for r in best["blocks"]])],
         title=f"BioTune configuration: {config.model.name} on {session.dataset_name}",
     )
-    return RunResult(path, result, final, session.blocks, best)
+    return RunResult(path, result, selection, session.blocks, best)
 
 
-def _final(path, session, executor, config, result, listener) -> FinalResult:
-    """The final fine-tune of the best configuration; finished runs are kept in final_runs.json."""
+def _final(path, session, executor, config, result, listener) -> Selection:
+    """Fine-tune the top-k configurations and choose on validation; finished runs are kept in
+    final_runs.json (one entry per run, with its genes), so a resumed run repeats none."""
     s = config.search
     write_history_csv(path / "history.csv", result.history, gene_names([b.name for b in session.blocks]))
     plot_convergence(path / "convergence.png", result.generations)
+    candidates = [r.genes for r in result.top(s.top_k)]
     final_path = path / "final_runs.json"
-    done = {}
+    done: dict[tuple, FinalRun] = {}
     if final_path.is_file():
         for item in json.loads(final_path.read_text()):
-            if tuple(item.pop("genes")) == result.best_genes:
-                done[item["seed"]] = FinalRun(**item)
-    finished = list(done.values())
+            genes = tuple(item.pop("genes"))
+            if genes in candidates:
+                done[(genes, item["seed"])] = FinalRun(**item)
+    finished = [(g, r) for (g, _), r in done.items()]
 
-    def save(run_: FinalRun) -> None:
-        finished.append(run_)
-        write_json(final_path, [{**r.to_dict(), "genes": list(result.best_genes)} for r in finished])
+    def save(genes: tuple[float, ...], run_: FinalRun) -> None:
+        finished.append((genes, run_))
+        write_json(final_path, [{**r.to_dict(), "genes": list(g)} for g, r in finished])
         listener.on_final_run(run_)
 
     final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
-    listener.on_final_start(len([x for x in final_seeds if x not in done]))
-    return final_finetune(
-        executor, result.best_genes, session.blocks,
+    listener.on_final_start(len(candidates) * len(final_seeds) - len(done))
+    return select_final(
+        executor, candidates, session.blocks,
         base_lr=config.train.lr, seeds=final_seeds, done=done, on_run=save, on_epoch=listener.on_epoch,
     )
 
 
-def _best_document(session: Session, config: RunConfig, result: SearchResult, final: FinalResult) -> dict[str, Any]:
-    genes = list(result.best_genes)
+def _best_document(session: Session, config: RunConfig, result: SearchResult, selection: Selection) -> dict[str, Any]:
+    final = selection.result
+    genes = list(final.genes)
+    estimate = {r.genes: r for r in result.ranking}
+    search_compute, final_compute = result.compute, selection.compute
     return {
         "genes": genes[:-1],
         "threshold": genes[-1],
         "blocks": block_table(session.blocks, genes, config.train.lr),
-        "fitness": result.best_fitness,
-        "val_accuracy_search": 1.0 - result.best_fitness,
+        "strategy": config.search.strategy,
+        "metric": "top1",
+        "selected_by": selection.selected_by,
+        "candidates": [
+            {
+                "genes": list(c.genes[:-1]),
+                "threshold": c.genes[-1],
+                "fitness": estimate[c.genes].fitness,
+                "search_runs": estimate[c.genes].runs,
+                "val_accuracy": c.val_accuracy_mean,
+                "test_accuracy": c.test_accuracy_mean,
+                "trainable_percent": c.trainable_percent,
+                "chosen": i == selection.chosen,
+            }
+            for i, c in enumerate(selection.candidates)
+        ],
+        "fitness": estimate[final.genes].fitness,
+        "val_accuracy_search": 1.0 - estimate[final.genes].fitness,
         "initial_population_mean_fitness": result.initial_mean_fitness,
+        "compute": {"search": search_compute.to_dict(), "final": final_compute.to_dict(),
+                    "total": (search_compute + final_compute).to_dict()},
         "test_accuracy_mean": final.test_accuracy_mean,
         "test_accuracy_se": final.test_accuracy_se,
         "test_accuracies": [r.test_accuracy for r in final.runs],

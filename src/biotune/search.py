@@ -1,8 +1,14 @@
-"""The search loop: the memetic engine asks, the fitness evaluator answers, the study records.
+"""The search loop: an engine asks, the fitness evaluator answers, the study records.
 
-The engine is deterministic for its seed, so a resumed run replays it from the start: each
-asked evaluation already in the study is read back instead of trained, and the run carries
-on from the first one that is not. The result equals an uninterrupted run's.
+Any engine of :mod:`biotune.engines` can drive it. Each candidate's fitness told to the
+engine is the noise-aware estimate of its configuration (the mean over all its runs so far).
+The result ranks every distinct configuration evaluated, over all generations, by that
+estimate: the final phase fine-tunes the top k of it.
+
+Engines are deterministic for their seed, so a resumed run replays from the start: each
+asked evaluation already in the study is read back (and only then counted as evidence)
+instead of trained, and the run carries on from the first one that is not. The result
+equals an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BioTuneError
-from .evolution import Candidate, GenerationStats, MemeticEvolution
+from .evolution import Candidate, GenerationStats
 from .fitness import Evaluation, FitnessEvaluator
+from .genome import decode
+from .session import Compute
 from .study import TrialStore
 
-__all__ = ["EvaluationRecord", "SearchResult", "SearchListener", "run_search"]
+__all__ = ["EvaluationRecord", "RankedConfiguration", "SearchResult", "SearchListener", "run_search"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,26 +52,61 @@ class EvaluationRecord:
 
 
 @dataclass(frozen=True)
+class RankedConfiguration:
+    """A distinct configuration the search evaluated, with its noise-aware fitness.
+
+    Attributes:
+        genes: the first genome asked that decodes to it.
+        fitness: 1 − mean validation accuracy over all its runs (all folds and seeds).
+        runs: how many runs that mean covers.
+    """
+
+    genes: tuple[float, ...]
+    fitness: float
+    runs: int
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """Outcome of a search.
 
     Attributes:
-        best_genes: the best genome of the final population (by validation fitness).
-        best_fitness: its fitness, on the last generation's fold.
+        ranking: every distinct configuration evaluated, best estimate first (ties: the one
+            asked first).
         history: every evaluation in order.
         generations: population statistics after each generation (0 = initial).
         seconds: wall time of this process's part of the search.
     """
 
-    best_genes: tuple[float, ...]
-    best_fitness: float
+    ranking: tuple[RankedConfiguration, ...]
     history: tuple[EvaluationRecord, ...]
     generations: tuple[GenerationStats, ...]
     seconds: float
 
     @property
+    def best_genes(self) -> tuple[float, ...]:
+        """The configuration with the best estimated fitness."""
+        return self.ranking[0].genes
+
+    @property
+    def best_fitness(self) -> float:
+        return self.ranking[0].fitness
+
+    def top(self, k: int) -> tuple[RankedConfiguration, ...]:
+        """The ``k`` best distinct configurations (fewer when fewer were evaluated)."""
+        return self.ranking[:k]
+
+    @property
     def initial_mean_fitness(self) -> float:
         return self.generations[0].mean
+
+    @property
+    def compute(self) -> Compute:
+        """Training the search consumed, earlier processes of a resumed run included."""
+        total = Compute()
+        for record in self.history:
+            total = total + record.evaluation.compute
+        return total
 
 
 class SearchListener:
@@ -92,7 +135,7 @@ class SearchListener:
 
 
 def run_search(
-    engine: MemeticEvolution,
+    engine,
     evaluator: FitnessEvaluator,
     store: TrialStore,
     *,
@@ -101,20 +144,16 @@ def run_search(
     """Drive ``engine`` to its last generation, evaluating each batch and recording it.
 
     Generation g trains on fold ``g mod n_folds``. Evaluations already in ``store`` are
-    read back (resume); configurations already evaluated on the fold come from the memo.
+    read back (resume); a configuration asked twice in a batch is trained once.
     """
     listener = listener or SearchListener()
     n_folds = evaluator.n_folds
     stored = store.completed()
-    evaluator.preload(
-        (np.asarray(item.genes), item.evaluation.fold, dict(zip(item.evaluation.seeds, item.evaluation.accuracies)),
-         item.evaluation.diverged_seeds)
-        for item in stored.values()
-    )
     if stored:
         logger.info("resuming: %d finished evaluations found in the study", len(stored))
     start = time.perf_counter()
     history: list[EvaluationRecord] = []
+    seen: dict[tuple, tuple[float, ...]] = {}  # configuration -> first genome asked
     while not engine.done:
         batch = engine.ask()
         g = batch[0].generation
@@ -123,16 +162,20 @@ def run_search(
         records = _answer_batch(batch, fold, evaluator, store, stored, listener)
         history.extend(records)
         for record in records:
+            seen.setdefault(decode(record.candidate.array, 1.0).key(), record.candidate.genes)
             logger.debug(
                 "gen %d slot %d %s fold %d: fitness %.4f (%s)",
                 g, record.candidate.slot, record.candidate.role, fold, record.evaluation.fitness, record.source,
             )
-        stats = engine.tell([r.evaluation.fitness for r in records])
+        stats = engine.tell([evaluator.estimate(c.array)[0] for c in batch])
         listener.on_generation_end(stats)
-    best_genes, best_fitness = engine.best
+    ranking = []
+    for genes in seen.values():
+        fitness, runs = evaluator.estimate(np.asarray(genes))
+        ranking.append(RankedConfiguration(genes, fitness, runs))
+    ranking.sort(key=lambda r: r.fitness)  # stable: ties keep the order first asked
     return SearchResult(
-        best_genes=tuple(float(x) for x in best_genes),
-        best_fitness=best_fitness,
+        ranking=tuple(ranking),
         history=tuple(history),
         generations=tuple(engine.history),
         seconds=time.perf_counter() - start,
@@ -142,27 +185,36 @@ def run_search(
 def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[EvaluationRecord]:
     """Records of one generation, in slot order: read back, memoised, or trained together.
 
-    Each configuration is trained once per batch and recorded as one trial; a duplicate in
-    the same batch is answered from the memo afterwards, like one seen in an earlier batch.
+    Each candidate's seeds (its configuration's next replicate on the fold) are fixed from
+    the evidence before the batch, so a resumed batch asks exactly what the first process
+    asked. A configuration asked twice is trained once and recorded as one trial; the
+    duplicate is answered from the memo afterwards.
     """
+    seeds = [evaluator.seeds_for(c.array, fold) for c in batch]
     records: list[EvaluationRecord | None] = [None] * len(batch)
+    for i, cand in enumerate(batch):
+        previous = stored.get((cand.generation, cand.slot))
+        if previous is None:
+            continue
+        ev = previous.evaluation
+        if (not np.array_equal(np.asarray(previous.genes), cand.array) or ev.fold != fold
+                or tuple(ev.seeds) != seeds[i]):
+            raise BioTuneError(
+                f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
+                "does not match this search's genome; was it written by another version or settings?"
+            )
+        evaluator.remember(cand.array, fold, dict(zip(ev.seeds, ev.accuracies)), ev.diverged_seeds)
+        records[i] = EvaluationRecord(cand, fold, ev, "study", previous.trial_number)
+        listener.on_evaluation(records[i])
     to_train: list[int] = []
     claimed: set[tuple] = set()
     for i, cand in enumerate(batch):
-        previous = stored.get((cand.generation, cand.slot))
-        if previous is not None:
-            if not np.array_equal(np.asarray(previous.genes), cand.array) or previous.evaluation.fold != fold:
-                raise BioTuneError(
-                    f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
-                    "does not match this search's genome; was it written by another version or settings?"
-                )
-            records[i] = EvaluationRecord(cand, fold, previous.evaluation, "study", previous.trial_number)
-            listener.on_evaluation(records[i])
+        if records[i] is not None:
             continue
-        keys = evaluator.run_keys(cand.array, fold)
-        if evaluator.is_memoised(cand.array, fold) or claimed.issuperset(keys):
+        key = (decode(cand.array, 1.0).key(), seeds[i])
+        if evaluator.is_memoised(cand.array, fold, seeds[i]) or key in claimed:
             continue  # answered from the memo below
-        claimed.update(keys)
+        claimed.add(key)
         to_train.append(i)
     trials = {}
     for i in to_train:
@@ -176,7 +228,8 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[Evalu
         listener.on_evaluation(records[i])
 
     try:
-        evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], on_evaluated=finished, on_epoch=listener.on_epoch)
+        evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
+                                on_evaluated=finished, on_epoch=listener.on_epoch)
     except BaseException as err:
         # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
         if not isinstance(err, KeyboardInterrupt):
@@ -185,6 +238,6 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[Evalu
         raise
     for i, cand in enumerate(batch):
         if records[i] is None:
-            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold), "memo", None)
+            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=seeds[i]), "memo", None)
             listener.on_evaluation(records[i])
     return records  # type: ignore[return-value]

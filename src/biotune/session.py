@@ -29,7 +29,7 @@ from .models import (
 from .report import slug
 from .trainer import FineTuner, Regime
 
-__all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
+__all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "Compute", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
 
 SEARCH_SEEDS, FINAL_SEEDS = 0, 1
 
@@ -89,6 +89,40 @@ class RunOutcome:
     prefix_depth: int = 0
     test_accuracy: float | None = None
     failure: str | None = None
+    train_images: int = 0
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Training compute a method consumed: runs, epochs, training images, wall seconds.
+
+    Sums with ``+``; ``Compute.of(outcomes)`` counts finished runs.
+
+    Example:
+        >>> (Compute(1, 4, 400, 2.0) + Compute(2, 6, 600, 3.0)).runs
+        3
+    """
+
+    runs: int = 0
+    epochs: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: "Compute") -> "Compute":
+        return Compute(self.runs + other.runs, self.epochs + other.epochs, self.images + other.images,
+                       self.seconds + other.seconds)
+
+    @classmethod
+    def of(cls, outcomes) -> "Compute":
+        """The compute of runs (anything with ``epochs_run``, ``train_images``, ``seconds``)."""
+        total = cls()
+        for o in outcomes:
+            total = total + cls(1, int(o.epochs_run), int(o.train_images), float(o.seconds))
+        return total
+
+    def to_dict(self) -> dict:
+        return {"training_runs": self.runs, "epochs": self.epochs, "train_images": self.images,
+                "train_seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -199,4 +233,5 @@ class Session:
             prefix_depth=result.prefix_depth,
             test_accuracy=test,
             failure=result.failure,
+            train_images=result.train_images,
         )

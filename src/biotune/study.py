@@ -115,6 +115,8 @@ class TrialStore:
                 trained=int(a.get("trained", len(seeds))),
                 diverged_seeds=tuple(int(s) for s in a.get("diverged_seeds", ())),
                 failure=a.get("failure"),
+                epochs=int(a.get("epochs", 0)),
+                images=int(a.get("images", 0)),
             )
             genes = tuple(float(t.params[n]) for n in self.param_names)
             key = (int(a["generation"]), int(a["slot"]))
@@ -146,6 +148,8 @@ class TrialStore:
         trial.set_user_attr("seconds", evaluation.seconds)
         trial.set_user_attr("trained", evaluation.trained)
         trial.set_user_attr("diverged_seeds", list(evaluation.diverged_seeds))
+        trial.set_user_attr("epochs", evaluation.epochs)
+        trial.set_user_attr("images", evaluation.images)
         if evaluation.failure:
             # Diverged: completed with the worst fitness, so a resumed search reads it back.
             trial.set_user_attr("failure", evaluation.failure)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from .final import mean_and_se
 
-__all__ = ["accuracy_table", "trainable_table", "to_markdown", "to_csv", "to_latex", "Table"]
+__all__ = ["accuracy_table", "trainable_table", "compute_table", "to_markdown", "to_csv", "to_latex", "Table"]
 
 Table = dict[str, Any]  # {"columns": datasets, "rows": [(method, [cell...])], "bold": {(row, col)}, "footer": ...}
 
@@ -59,9 +59,33 @@ def trainable_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequ
     return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "value"}
 
 
+def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table:
+    """Compute per run (mean over runs): training runs, epochs, training images, train seconds.
+
+    Searches count their search and final phase; a cell reads e.g. ``34 runs · 98 ep · 0.41M img · 120 s``.
+    Runs recorded before compute accounting existed show ``–``.
+    """
+    rows = []
+    for m in methods:
+        cells = []
+        for d in datasets:
+            mine = [r["compute"] for r in runs if r["method"] == m and r["dataset"] == d and "compute" in r]
+            if not mine:
+                cells.append(None)
+                continue
+            mean = {k: sum(c[k] for c in mine) / len(mine) for k in ("training_runs", "epochs", "train_images",
+                                                                      "train_seconds")}
+            cells.append(f"{mean['training_runs']:.0f} runs · {mean['epochs']:.0f} ep · "
+                         f"{mean['train_images'] / 1e6:.2f}M img · {mean['train_seconds']:.0f} s")
+        rows.append((m, cells))
+    return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "text"}
+
+
 def _format(value, kind: str) -> str:
     if value is None:
         return "–"
+    if kind == "text":
+        return str(value)
     if kind == "mean_se":
         return f"{value[0]:.2f} ({value[1]:.2f})"
     return f"{value:.2f}" if math.isfinite(value) else "–"
@@ -90,7 +114,8 @@ def to_csv(table: Table, *, corner: str = "method") -> str:
     else:
         writer.writerow([corner] + table["columns"])
         for name, values in table["rows"]:
-            writer.writerow([name] + ["" if v is None else f"{v:.4f}" for v in values])
+            writer.writerow([name] + ["" if v is None else _format(v, "text") if table["kind"] == "text" else f"{v:.4f}"
+                                      for v in values])
     if table["footer"]:
         label, gains = table["footer"]
         pad = 2 if table["kind"] == "mean_se" else 1

@@ -133,6 +133,7 @@ class TrainResult:
         lr_multipliers: AutoRGN's per-tensor multipliers of each epoch (empty otherwise).
         best_state: weights at the best epoch, kept only when asked for.
         prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
+        train_images: training images processed, summed over epochs (compute accounting).
     """
 
     seed: int
@@ -148,6 +149,7 @@ class TrainResult:
     failure: str | None = None
     batch_size: int = 0
     lr_multipliers: tuple[dict[str, float], ...] = field(default=(), repr=False)
+    train_images: int = 0
 
 
 class FineTuner:
@@ -334,6 +336,7 @@ class FineTuner:
             shuffle = torch.Generator(device="cpu").manual_seed(seed)
             loss_fn = nn.CrossEntropyLoss()
             best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
+            images = 0
             val_hist: list[float] = []
             loss_hist: list[float] = []
             multipliers: list[dict[str, float]] = []
@@ -359,6 +362,7 @@ class FineTuner:
                     scheduler.step()
                     total += loss.item() * len(idx)
                     count += len(idx)
+                images += count
                 if diverged:
                     logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
                     break
@@ -390,6 +394,7 @@ class FineTuner:
             failure=failure,
             batch_size=batch_size,
             lr_multipliers=tuple(multipliers),
+            train_images=images,
         )
 
     def _rescale_by_rgn(self, optimizer, x, y, batches, loss_fn, regime: Regime) -> dict[str, float]:
