@@ -8,7 +8,12 @@ import pytest
 
 from biotune.config import SearchConfig
 from biotune.engines import RandomSearch, TPESearch, make_engine
-from biotune.evolution import MemeticEvolution, batch_sizes, perturb_variant, uniform_crossover
+from biotune.evolution import (
+    MemeticEvolution,
+    batch_sizes,
+    perturb_variant,
+    uniform_crossover,
+)
 from biotune.executor import Executor
 from biotune.final import select_final
 from biotune.fitness import FitnessEvaluator, replicate_seeds

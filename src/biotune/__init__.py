@@ -20,10 +20,10 @@ from .data import SplitData as SplitData
 from .data import load_dataset as load_dataset
 from .data import preprocess as preprocess
 from .data import split_dataset as split_dataset
-from .errors import BioTuneError as BioTuneError
 from .engines import RandomSearch as RandomSearch
 from .engines import TPESearch as TPESearch
 from .engines import make_engine as make_engine
+from .errors import BioTuneError as BioTuneError
 from .evolution import MemeticEvolution as MemeticEvolution
 from .final import FinalResult as FinalResult
 from .final import Selection as Selection

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (
+from .errors import BioTuneError
+from .readers import (
     IMAGE_EXTENSIONS,
     ImageDataset,
-    _fit_image,
-    _load_npz,
-    _make_dataset,
-    _read_image,
+    fit_image,
+    make_dataset,
+    read_image,
+    read_npz,
 )
-from .errors import BioTuneError
 
 __all__ = ["NAMES", "DATA_ENV", "default_data_dir", "load_named"]
 
@@ -58,7 +58,7 @@ def load_named(name: str, *, data_dir: str | os.PathLike | None = None, image_si
     root = default_data_dir(data_dir)
     for candidate in (root / f"{name}.npz", root / f"{name}-{image_size}px.npz"):
         if candidate.is_file():
-            ds = _load_npz(candidate)
+            ds = read_npz(candidate)
             return ImageDataset(name, ds.classes, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val)
     if name == "isic":
         if (root / "isic").is_dir():
@@ -75,7 +75,7 @@ def load_named(name: str, *, data_dir: str | os.PathLike | None = None, image_si
             f"Put {name}.npz (the .npz format of the README) in {root}, or torchvision's {name} files under "
             f"{root / 'torchvision'}, or set --data-dir or ${DATA_ENV} to where they are"
         ) from None
-    ds = _make_dataset(name, name, classes, splits)
+    ds = make_dataset(name, name, classes, splits)
     out = root / (f"{name}-{image_size}px.npz" if name in _VARIED else f"{name}.npz")
     _save(out, ds)
     return ds
@@ -115,7 +115,7 @@ def _from_torchvision(name: str, root: Path, size: int):
         images, labels = [], []
         for i in range(len(d)):
             img, label = d[i]
-            images.append(_fit_image(img, size))
+            images.append(fit_image(img, size))
             labels.append(label)
         splits[split] = (np.stack(images), np.asarray(labels, dtype=np.int64))
     classes = getattr(parts["train"], "classes", None) or [str(i + 1) for i in range(102)]
@@ -166,7 +166,7 @@ def _load_isic(root: Path, size: int) -> ImageDataset:
             image = images.get(row[0].strip())
             if image is None:
                 raise BioTuneError(f"{table}, line {line}: image {row[0]!r} not found under {root}")
-            xs.append(_read_image(image, size))
+            xs.append(read_image(image, size))
             ys.append(int(onehot.argmax()))
         splits[split] = (np.stack(xs), np.asarray(ys, dtype=np.int64))
-    return _make_dataset("isic", str(root), classes, splits)
+    return make_dataset("isic", str(root), classes, splits)

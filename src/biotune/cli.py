@@ -15,7 +15,15 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import NATIVE, PRESETS, STRATEGIES, DataConfig, RunConfig, RuntimeConfig, TrainConfig
+from .config import (
+    NATIVE,
+    PRESETS,
+    STRATEGIES,
+    DataConfig,
+    RunConfig,
+    RuntimeConfig,
+    TrainConfig,
+)
 from .errors import BioTuneError, scrub
 from .report import block_table, format_block_table
 from .search import SearchListener

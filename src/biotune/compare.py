@@ -50,7 +50,14 @@ from .session import (
     training_seeds,
 )
 from .study import TrialStore, gene_names
-from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
+from .tables import (
+    accuracy_table,
+    compute_table,
+    to_csv,
+    to_latex,
+    to_markdown,
+    trainable_table,
+)
 from .trainer import FineTuner
 
 __all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare"]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
-from .errors import BioTuneError, redact_url, scrub
 from .engines import make_engine
+from .errors import BioTuneError, redact_url, scrub
 from .executor import make_executor
 from .final import FinalResult, FinalRun, Selection, final_finetune, select_final
 from .fitness import FitnessEvaluator
