@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/search-quality}
 WORK=${WORK:-${TMPDIR:-/tmp}/biotune-search-quality}
 DATA=${DATA:-../shared/data}
-N=${N:-1000}
+N=${N:-500}
 RUNS=${RUNS:-3}
-COMPARE=(biotune compare --data-dir "$WORK" --image-size 64 --methods ft,robust,memetic,random,tpe
+COMPARE=(biotune compare --data-dir "$WORK" --image-size 64 --methods ${METHODS:-ft,robust,random,memetic,tpe}
          --epochs 4 --patience 2 --batch-size 64
          --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.25 --top-k 2 --no-progress)
 

@@ -107,6 +107,12 @@ def test_sigkill_at_random_points_resumes_without_losing_or_repeating(tmp_path, 
     assert got["candidates"] == ref["candidates"]
     runs = [(tuple(r["genes"]), r["seed"]) for r in json.loads((run_dir / "final_runs.json").read_text())]
     assert len(runs) == len(set(runs)) == 2 * len(got["candidates"])  # top-k x final seeds, none repeated
+    # the fine-tuned model is delivered after the kills too, equal to the uninterrupted run's
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert (run_dir / "model" / name).is_file(), name
+    assert not (run_dir / "final_weights").exists()
+    assert ((run_dir / "model" / "model.safetensors").read_bytes()
+            == (reference / "model" / "model.safetensors").read_bytes())
     assert not list(run_dir.glob(".*.tmp")), "temporary files of the killed report writer were left behind"
 
 

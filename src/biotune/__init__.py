@@ -4,6 +4,8 @@ The public API; everything else is private. See the README for examples.
 """
 
 from ._version import __version__ as __version__
+from .artifact import LoadedModel as LoadedModel
+from .artifact import load_model as load_model
 from .baselines import BASELINES as BASELINES
 from .baselines import baseline_plan as baseline_plan
 from .baselines import lora_model as lora_model
@@ -25,6 +27,7 @@ from .engines import TPESearch as TPESearch
 from .engines import make_engine as make_engine
 from .errors import BioTuneError as BioTuneError
 from .evolution import MemeticEvolution as MemeticEvolution
+from .export import export_model as export_model
 from .final import FinalResult as FinalResult
 from .final import Selection as Selection
 from .fitness import FitnessEvaluator as FitnessEvaluator
@@ -38,6 +41,8 @@ from .pipeline import RunResult as RunResult
 from .pipeline import finetune as finetune
 from .pipeline import load_configuration as load_configuration
 from .pipeline import run as run
+from .predict import Predictions as Predictions
+from .predict import predict as predict
 from .search import RankedConfiguration as RankedConfiguration
 from .search import SearchListener as SearchListener
 from .search import SearchResult as SearchResult

@@ -25,7 +25,7 @@ from .config import (
     TrainConfig,
 )
 from .errors import BioTuneError, scrub
-from .report import block_table, format_block_table
+from .report import block_table, format_block_table, slug
 from .search import SearchListener
 
 __all__ = ["main", "build_parser"]
@@ -170,7 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--runs", type=int, default=3, help="number of runs (seeds) (default: 3)")
     f.add_argument("--seed", type=int, default=0, help="seed of the splits and runs (default: 0)")
     f.add_argument("--output", default=None, help="write the result as JSON to this file")
+    f.add_argument("--model-dir", default=None,
+                   help="where the best run (by validation accuracy) is saved as a timm model folder "
+                        "(default: finetune-<dataset>/model next to the --config file)")
     _add_runtime_options(f)
+
+    p = sub.add_parser("predict", help="predict classes of new images with a saved model",
+                       description="Predict with a model saved by 'biotune search' or 'biotune finetune'. "
+                                   "INPUT: image files, folders (searched recursively; non-images skipped) or "
+                                   ".npz files (their x_test or x). Writes one CSV row per image; when the "
+                                   "inputs carry labels (an ImageFolder of the model's classes, an .npz with "
+                                   "y_test or y) it also prints the accuracy.")
+    p.add_argument("--model", required=True, help="a run directory (its model/ folder) or a model folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .npz files")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image, best first (default: 1)")
+    p.add_argument("--out", default="predictions.csv",
+                   help="CSV file: path,label,probability[,label_2,probability_2,...] (default: predictions.csv)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("export", help="export a saved model to ONNX or TorchScript, or push it to the Hub",
+                       description="Export a saved model. The export is run on a few inputs and kept only if it "
+                                   "gives the same top-1 as PyTorch and probabilities within 1e-3 (ONNX is "
+                                   "checked with onnxruntime: pip install 'biotune[export]').")
+    e.add_argument("--model", required=True, help="a run directory (its model/ folder) or a model folder")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default=None, help="export format")
+    e.add_argument("--out", default=None, help="output file (default: model.onnx or model.pt in the model folder)")
+    e.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload the model folder to the Hugging Face Hub repository REPO (needs the network "
+                        "and a token: huggingface-cli login)")
+    e.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repository")
 
     c = sub.add_parser("compare", help="compare BioTune with the baseline methods: tables and figures",
                        description="Run every (dataset, method, run) with the same data, epochs budget and early "
@@ -355,6 +385,8 @@ def _cmd_search(args) -> int:
         print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png, study.db)")
+    print(f"fine-tuned model                  : {best['model_dir']}/ (best final run by validation; "
+          f"biotune predict --model {result.run_dir} IMAGES, or timm.create_model(\"local-dir:{best['model_dir']}\"))")
     return 0
 
 
@@ -370,9 +402,12 @@ def _cmd_finetune(args) -> int:
     progress.search.close()
     progress.set_epochs(train.epochs)
     runtime = _runtime(args)
+    model_dir = args.model_dir or (Path(args.config).expanduser().parent
+                                   / f"finetune-{slug(Path(data.dataset).stem or data.dataset)}" / "model")
     try:
         result, blocks, session = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed,
-                                           weights=args.weights, runtime=runtime, listener=progress)
+                                           weights=args.weights, runtime=runtime, listener=progress,
+                                           model_dir=model_dir)
     finally:
         progress.close()
     rows = block_table(blocks, cfg.genes, train.lr)
@@ -382,6 +417,7 @@ def _cmd_finetune(args) -> int:
     print()
     print(f"test accuracy ({args.runs} runs): {100 * result.test_accuracy_mean:.2f}% ± {100 * result.test_accuracy_se:.2f} (SE)")
     print(f"trainable parameters : {result.trainable_percent:.1f}%")
+    print(f"model (best run by validation, seed {result.best_run.seed}): {model_dir}")
     for r in result.runs:
         if r.diverged:
             print(f"warning: run seed {r.seed} diverged ({r.failure}); its accuracy is that of its best epoch before, 0 if none")
@@ -446,6 +482,46 @@ def _cmd_blocks(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from .artifact import load_model
+    from .predict import predict, read_inputs, write_predictions_csv
+
+    if args.top_k < 1:
+        raise BioTuneError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise BioTuneError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out).expanduser()
+    if not out.parent.is_dir():
+        raise BioTuneError(f"--out {out}: folder {out.parent} does not exist")
+    device = RuntimeConfig(device=args.device).resolve_device()
+    loaded = load_model(args.model, device=device)
+    inputs = read_inputs(args.inputs, loaded.classes, loaded.read_size)  # all read and checked first
+    with tqdm(total=len(inputs.images), desc="predict", unit="img", disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+        result = predict(loaded, inputs, batch_size=args.batch_size, top_k=args.top_k, on_batch=bar.update)
+    write_predictions_csv(out, result)
+    print(f"{len(result.names)} images → {out}")
+    if result.accuracy is not None:
+        known = int((result.labels >= 0).sum())
+        print(f"accuracy (top-1) on the {known} labelled images: {100 * result.accuracy:.2f}%")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import export_model, push_to_hub
+
+    if args.format is None and args.push_to_hub is None:
+        raise BioTuneError("give --format onnx|torchscript, --push-to-hub REPO, or both")
+    if args.format is not None:
+        check = export_model(args.model, args.format, args.out)
+        print(f"{args.format} model → {check.path} (checked on {check.images} images: same top-1, largest "
+              f"probability difference {check.max_probability_difference:.1e})")
+    if args.push_to_hub is not None:
+        url = push_to_hub(args.model, args.push_to_hub, private=args.private)
+        print(f"uploaded to {url}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -458,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
-    commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks, "compare": _cmd_compare}
+    commands = {"search": _cmd_search, "finetune": _cmd_finetune, "blocks": _cmd_blocks, "compare": _cmd_compare,
+                "predict": _cmd_predict, "export": _cmd_export}
     storage = getattr(args, "storage", None)
     try:
         previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C

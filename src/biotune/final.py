@@ -8,8 +8,11 @@ choose.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +23,7 @@ from .genome import decode
 from .models import Block, trainable_percent
 from .session import Compute, RunOutcome, RunRequest
 
-__all__ = ["FinalRun", "FinalResult", "Selection", "final_finetune", "select_final", "mean_and_se"]
+__all__ = ["FinalRun", "FinalResult", "Selection", "select_final", "best_weights", "weights_name", "mean_and_se"]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -76,7 +79,7 @@ class FinalResult:
 
     @property
     def best_run(self) -> FinalRun:
-        """The run with the best validation accuracy (ties: the first seed)."""
+        """The run with the best validation accuracy (ties: the first seed): the model kept."""
         return max(self.runs, key=lambda r: r.val_accuracy)
 
 
@@ -106,39 +109,6 @@ class Selection:
         return total
 
 
-def final_finetune(
-    executor: Executor,
-    genes: Sequence[float],
-    blocks: Sequence[Block],
-    *,
-    base_lr: float,
-    seeds: Sequence[int],
-    done: Mapping[int, FinalRun] | None = None,
-    on_run: Callable[[FinalRun], None] | None = None,
-    on_epoch: Callable[[int, float, float], None] | None = None,
-) -> FinalResult:
-    """Fine-tune ``genes`` on all training data once per seed; test at the best validation epoch.
-
-    Args:
-        executor: performs the runs (in parallel when it can).
-        blocks: the model's partition (for the trainable share).
-        done: runs already finished (by seed), e.g. from an interrupted run; not repeated.
-        on_run: called after each new run (to persist it).
-    """
-    decoded = decode(np.asarray(genes), base_lr)
-    done = dict(done or {})
-    todo = [s for s in seeds if s not in done]
-
-    def finished(i: int, outcome: RunOutcome) -> None:
-        run = _final_run(todo[i], outcome)
-        done[run.seed] = run
-        if on_run is not None:
-            on_run(run)
-
-    executor.run([RunRequest(tuple(decoded.lrs), None, s) for s in todo], finished, on_epoch)
-    return _result(genes, blocks, decoded.mask, [done[s] for s in seeds])
-
-
 def _final_run(seed: int, outcome: RunOutcome) -> FinalRun:
     return FinalRun(
         seed, outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
@@ -158,6 +128,12 @@ def _result(genes, blocks, mask, runs: Sequence[FinalRun]) -> FinalResult:
     )
 
 
+def weights_name(genes: Sequence[float], seed: int) -> str:
+    """File name of a final run's best weights: a hash of the configuration and the seed."""
+    digest = hashlib.sha1(json.dumps([float(g) for g in genes]).encode()).hexdigest()[:12]
+    return f"{digest}-seed{int(seed)}.safetensors"
+
+
 def select_final(
     executor: Executor,
     candidates: Sequence[Sequence[float]],
@@ -166,6 +142,7 @@ def select_final(
     base_lr: float,
     seeds: Sequence[int],
     done: Mapping[tuple, FinalRun] | None = None,
+    weights_dir: str | Path | None = None,
     on_run: Callable[[tuple[float, ...], FinalRun], None] | None = None,
     on_epoch: Callable[[int, float, float], None] | None = None,
 ) -> Selection:
@@ -176,6 +153,9 @@ def select_final(
     Args:
         candidates: genomes in ranking order (best estimated fitness first).
         done: runs already finished, keyed by ``(genes tuple, seed)``; not repeated.
+        weights_dir: where each run writes its best-epoch weights (:func:`weights_name`);
+            of each candidate only its best run's file is kept (:attr:`FinalResult.best_run`),
+            so at most one file per candidate is on disk. ``None`` keeps no weights.
         on_run: called as ``on_run(genes, run)`` after each new run (to persist it).
 
     Returns:
@@ -189,14 +169,47 @@ def select_final(
     runs = dict(done or {})
     todo = [(g, s) for g in genes_list for s in seeds if (g, s) not in runs]
     lrs = {g: tuple(d.lrs) for g, d in zip(genes_list, decoded)}
+    folder = None if weights_dir is None else Path(weights_dir)
 
     def finished(i: int, outcome: RunOutcome) -> None:
         genes, seed = todo[i]
         runs[(genes, seed)] = run = _final_run(seed, outcome)
+        if folder is not None:  # keep the best finished run's weights of this candidate only
+            mine = [s for s in seeds if (genes, s) in runs]
+            best = max(mine, key=lambda s: (runs[(genes, s)].val_accuracy, -list(seeds).index(s)))
+            for s in mine:
+                if s != best:
+                    (folder / weights_name(genes, s)).unlink(missing_ok=True)
         if on_run is not None:
             on_run(genes, run)
 
-    executor.run([RunRequest(lrs[g], None, s) for g, s in todo], finished, on_epoch)
+    def request(genes, seed) -> RunRequest:
+        save_to = None if folder is None else str(folder / weights_name(genes, seed))
+        return RunRequest(lrs[genes], None, seed, save_to)
+
+    executor.run([request(g, s) for g, s in todo], finished, on_epoch)
     results = tuple(_result(g, blocks, d.mask, [runs[(g, s)] for s in seeds]) for g, d in zip(genes_list, decoded))
     chosen = max(range(len(results)), key=lambda i: (results[i].val_accuracy_mean, -i))
     return Selection(results, chosen)
+
+
+def best_weights(
+    executor: Executor,
+    selection: Selection,
+    *,
+    base_lr: float,
+    weights_dir: str | Path,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> Path:
+    """The weights file of the chosen candidate's best run (by validation accuracy).
+
+    Normally written by that run itself; when it is missing (a run directory of an older
+    version, or a file removed by hand) the run is repeated with its seed to write it.
+    """
+    result = selection.result
+    run = result.best_run
+    path = Path(weights_dir) / weights_name(result.genes, run.seed)
+    if not path.is_file():
+        lrs = tuple(decode(np.asarray(result.genes), base_lr).lrs)
+        executor.run([RunRequest(lrs, None, run.seed, str(path))], lambda i, o: None, on_epoch)
+    return path

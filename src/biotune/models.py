@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ._files import atomic_write_bytes
 from .errors import BioTuneError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "classifier_name",
     "reset_head",
     "load_state_dict_file",
+    "save_state_dict_file",
     "default_input_size",
 ]
 
@@ -169,6 +171,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BioTuneError(f"weights file {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def save_state_dict_file(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """Write a state dict as ``.safetensors``, atomically (complete or absent after a kill)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(tensors))
 
 
 def _fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

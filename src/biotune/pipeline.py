@@ -1,7 +1,8 @@
 """The library's top-level calls: run a whole search, or apply a saved configuration.
 
 :func:`run` is what ``biotune search`` does: validate every input, prepare data and model,
-search, fine-tune the best configuration, write the run directory. :func:`finetune` is
+search, fine-tune the top-k configurations, choose on validation, write the run directory and
+the fine-tuned model (``<run-dir>/model``, loadable by timm alone). :func:`finetune` is
 ``biotune finetune``: apply a ``best.json`` (possibly to another dataset or seed).
 """
 
@@ -12,6 +13,8 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .artifact import MODEL_DIR, ModelCard, save_model_dir
 from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
 from .engines import make_engine
 from .errors import BioTuneError, redact_url, scrub
 from .executor import make_executor
-from .final import FinalResult, FinalRun, Selection, final_finetune, select_final
+from .final import FinalResult, FinalRun, Selection, best_weights, select_final
 from .fitness import FitnessEvaluator
 from .genome import check_genome, decode
 from .models import Block, partition_model
@@ -40,6 +44,8 @@ from .search import SearchListener, SearchResult, run_search
 from .session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
 from .study import TrialStore, gene_names
 from .trainer import param_groups
+
+WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
 
 __all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration"]
 
@@ -232,7 +238,9 @@ def _run_in(path, config, spec, session, store, runtime, listener) -> RunResult:
         )
         result = run_search(engine, evaluator, store, listener=listener)
         selection = _final(path, session, executor, config, result, listener)
-    best = _best_document(session, config, result, selection)
+        best = _best_document(session, config, result, selection)
+        best["model_dir"] = str(_deliver(path / MODEL_DIR, path / WEIGHTS_DIR, session, executor, config.train.lr,
+                                         selection, listener, best["blocks"], strategy=s.strategy))
     write_json(path / "best.json", best)
     plot_heatmap(
         path / "heatmap.png", [b.name for b in session.blocks],
@@ -266,9 +274,38 @@ def _final(path, session, executor, config, result, listener) -> Selection:
     final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
     listener.on_final_start(len(candidates) * len(final_seeds) - len(done))
     return select_final(
-        executor, candidates, session.blocks,
-        base_lr=config.train.lr, seeds=final_seeds, done=done, on_run=save, on_epoch=listener.on_epoch,
+        executor, candidates, session.blocks, base_lr=config.train.lr, seeds=final_seeds, done=done,
+        weights_dir=path / WEIGHTS_DIR, on_run=save, on_epoch=listener.on_epoch,
     )
+
+
+def _deliver(folder: Path, weights_dir: Path, session: Session, executor, base_lr: float, selection: Selection,
+             listener, blocks: list[dict], **extra) -> Path:
+    """Write ``folder`` (timm layout) from the chosen configuration's best run, unless already there.
+
+    The final runs' weights (one file per candidate) are removed once the folder is in place.
+    """
+    final = selection.result
+    run_ = final.best_run
+    chosen = {"genes": list(final.genes), "seed": run_.seed}
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        mine = json.loads(config_file.read_text()).get("biotune", {})
+        if {k: mine.get(k) for k in chosen} == chosen:
+            shutil.rmtree(weights_dir, ignore_errors=True)
+            return folder
+    weights = best_weights(executor, selection, base_lr=base_lr, weights_dir=weights_dir, on_epoch=listener.on_epoch)
+    card = ModelCard(
+        architecture=session.pretrained.name, classes=session.classes, image_size=session.image_size,
+        read_size=session.read_size, mean=session.pretrained.mean, std=session.pretrained.std,
+        dataset=session.dataset_name, blocks=tuple(blocks),
+        metrics={"val_accuracy": run_.val_accuracy, "test_accuracy": run_.test_accuracy,
+                 "test_accuracy_mean_over_final_runs": final.test_accuracy_mean},
+        extra={**chosen, "weights": session.pretrained.weights, "selected_by": selection.selected_by, **extra},
+    )
+    save_model_dir(folder, weights, card)
+    shutil.rmtree(weights_dir, ignore_errors=True)
+    return folder
 
 
 def _best_document(session: Session, config: RunConfig, result: SearchResult, selection: Selection) -> dict[str, Any]:
@@ -400,6 +437,7 @@ def finetune(
     weights: str | None = None,
     runtime: RuntimeConfig | None = None,
     listener: SearchListener | None = None,
+    model_dir: str | Path | None = None,
 ) -> tuple[FinalResult, tuple[Block, ...], Session]:
     """Fine-tune with a saved configuration on a dataset; test accuracy over ``runs`` seeds.
 
@@ -410,6 +448,8 @@ def finetune(
         runs: number of runs (seeds).
         seed: run seed (splits and training seeds).
         weights: override the configuration's weights source.
+        model_dir: where the best run (by validation accuracy) is saved as a model folder
+            (see :mod:`biotune.artifact`); ``None`` saves none.
     """
     cfg = configuration if isinstance(configuration, Configuration) else load_configuration(configuration)
     model = cfg.model if weights is None else dataclasses.replace(cfg.model, weights=weights)
@@ -422,9 +462,18 @@ def finetune(
     cfg.check_blocks(session.blocks)
     listener = listener or SearchListener()
     listener.on_final_start(runs)
-    with make_executor(runtime, spec, session) as executor:
-        result = final_finetune(
-            executor, cfg.genes, session.blocks, base_lr=train.lr,
-            seeds=training_seeds(seed, FINAL_SEEDS, runs), on_run=listener.on_final_run, on_epoch=listener.on_epoch,
+    model_dir = None if model_dir is None else Path(model_dir).expanduser()
+    with contextlib.ExitStack() as stack:
+        weights_dir = None
+        if model_dir is not None:
+            model_dir.parent.mkdir(parents=True, exist_ok=True)
+            weights_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=model_dir.parent, prefix=".weights-")))
+        executor = stack.enter_context(make_executor(runtime, spec, session))
+        selection = select_final(
+            executor, [cfg.genes], session.blocks, base_lr=train.lr, seeds=training_seeds(seed, FINAL_SEEDS, runs),
+            weights_dir=weights_dir, on_run=lambda genes, run_: listener.on_final_run(run_), on_epoch=listener.on_epoch,
         )
-    return result, session.blocks, session
+        if model_dir is not None:
+            _deliver(model_dir, weights_dir, session, executor, train.lr, selection, listener,
+                     block_table(session.blocks, list(cfg.genes), train.lr), configuration=cfg.source)
+    return selection.result, session.blocks, session

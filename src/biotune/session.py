@@ -25,6 +25,7 @@ from .models import (
     build_model,
     default_input_size,
     partition_model,
+    save_state_dict_file,
 )
 from .report import slug
 from .trainer import FineTuner, Regime
@@ -70,11 +71,14 @@ class RunRequest:
         fold: the training fold; ``None`` trains on the whole training set and also scores
             the best epoch's weights on the test split (a final run).
         seed: the training seed.
+        save_to: for a final run, a ``.safetensors`` path where the weights of its best
+            validation epoch are written (atomically) when it finishes; ``None`` keeps none.
     """
 
     lrs: tuple[float, ...]
     fold: int | None
     seed: int
+    save_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ class Session:
     folds: tuple[torch.Tensor, ...]
     finetuner: FineTuner
     context: str
+    classes: tuple[str, ...] = ()
+    read_size: int = 0  # side image files were read at (short side, centre crop) before the resize
 
     @classmethod
     def from_spec(cls, spec: SessionSpec) -> "Session":
@@ -199,7 +205,7 @@ class Session:
             cache_namespace=f"{slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
                             f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
         )
-        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context)
+        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context, ds.classes, read_size)
 
     def perform(
         self,
@@ -224,6 +230,8 @@ class Session:
         test = None
         if final:
             test = tuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
+            if request.save_to is not None:
+                save_state_dict_file(request.save_to, result.best_state or tuner.model.state_dict())
         return RunOutcome(
             best_val_accuracy=result.best_val_accuracy,
             best_epoch=result.best_epoch,
