@@ -9,6 +9,7 @@ import logging
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: runs/<dataset>-<model>-<timestamp>, or the latest unfinished match)")
     g.add_argument("--storage", default=None,
                    help="Optuna storage URL for the trials (default: sqlite:///<run-dir>/study.db)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print every resolved setting (and where it came from) and a measured time estimate, "
+                        "then exit without training or writing anything")
     _add_runtime_options(s)
 
     f = sub.add_parser("finetune", help="fine-tune with a saved configuration (best.json)",
@@ -218,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--fractions", default=None,
                    help="also run BioTune at these training-data fractions, e.g. 0.1,0.25,0.5,1.0 (Table III)")
     c.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="settings to start from (default: quick)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print the settings, the cells still to run and a measured time estimate per dataset and "
+                        "for the whole grid, then exit without training or writing anything")
     c.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r, alpha = r (default: 8)")
     c.add_argument("--sp-alpha", type=float, default=0.1, help="L2-SP/L1-SP weight α of the w⁰ term (default: 0.1)")
     c.add_argument("--sp-beta", type=float, default=0.01, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
@@ -278,19 +285,55 @@ def _partition(text: str | None):
     return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _search_config(args) -> RunConfig:
-    config = RunConfig().replace(**PRESETS[args.preset])
+def _explicit(args) -> dict[str, dict[str, object]]:
+    """The settings given as options, by section (they override the preset)."""
     model = _overrides(args, {"model": "name", "weights": "weights", "granularity": "granularity"})
     if args.partition is not None:
         model["partition"] = _partition(args.partition)
-    return config.replace(
-        model=model,
-        data=_overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
-        train=_train_overrides(args),
-        search=_overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
-                                 "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs", "seed": "seed",
-                                 "top_k": "top_k", "strategy": "strategy"}),
-    )
+    return {
+        "model": model,
+        "data": _overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
+        "train": _train_overrides(args),
+        "search": _overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
+                                    "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
+                                    "seed": "seed", "top_k": "top_k", "strategy": "strategy"}),
+    }
+
+
+def _search_config(args) -> RunConfig:
+    return RunConfig().replace(**PRESETS[args.preset]).replace(**_explicit(args))
+
+
+def _settings_lines(args, config: RunConfig) -> list[str]:
+    """Every setting, its value and where it came from: an option, the preset, or the default."""
+    explicit, preset = _explicit(args), PRESETS[args.preset]
+    lines = []
+    for section in ("model", "data", "train", "search"):
+        values = getattr(config, section).to_dict()
+        for name, value in values.items():
+            if name in explicit[section]:
+                source = "option"
+            elif name in preset.get(section, {}):
+                source = f"preset {args.preset}"
+            else:
+                source = "default"
+            if section == "data" and name == "image_size" and value is None:
+                value = "resolved below"
+            lines.append(f"  {section}.{name:14s} {str(value):28s} ({source})")
+    return lines
+
+
+def _print_plan(args, config: RunConfig, runtime: RuntimeConfig) -> None:
+    from .pipeline import plan
+
+    p = plan(config, runtime=runtime)
+    print(f"settings (preset {args.preset}):")
+    print("\n".join(_settings_lines(args, config)))
+    print("resolved:")
+    for k, v in p.resolved.items():
+        print(f"  {k:20s} {v}")
+    print("\n".join(p.estimate.lines()))
+    print("dry run: nothing was trained or written")
 
 
 class _Progress(SearchListener):
@@ -305,6 +348,10 @@ class _Progress(SearchListener):
 
     def set_epochs(self, n: int) -> None:
         self._epochs_total = n
+
+    def on_estimate(self, estimate) -> None:
+        for line in estimate.lines():
+            tqdm.write(line, file=sys.stderr)
 
     def on_generation_start(self, generation, fold, candidates) -> None:
         self.search.set_description(f"search gen {generation} fold {fold}")
@@ -354,6 +401,9 @@ def _cmd_search(args) -> int:
     from .pipeline import run
 
     config = _search_config(args)
+    if args.dry_run:
+        _print_plan(args, config, _runtime(args))
+        return 0
     s = config.search
     total = sum(batch_sizes(s.population, s.elites, s.generations))
     progress = _Progress(total, enabled=not args.no_progress)
@@ -434,6 +484,7 @@ def _cmd_finetune(args) -> int:
 
 def _cmd_compare(args) -> int:
     from .compare import CompareOptions, compare
+    from .estimate import format_seconds
 
     args.dataset = None
     config = _search_config(args)
@@ -446,12 +497,36 @@ def _cmd_compare(args) -> int:
         raise BioTuneError(f"--fractions must be in (0, 1], got {args.fractions!r}")
     options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
                              sp_kernels_only=args.sp_kernels_only)
-    bar = tqdm(total=None, desc="compare", unit="run", disable=args.no_progress, dynamic_ncols=True)
+    if args.dry_run:
+        from .compare import plan_compare
+
+        plans = plan_compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
+                             runtime=_runtime(args), fractions=fractions)
+        print(f"settings (preset {args.preset}):")
+        print("\n".join(line for line in _settings_lines(args, config) if ".dataset" not in line))
+        low = high = 0.0
+        for dataset, cells, estimate in plans:
+            print(f"{dataset}: {cells} cells to run ({estimate.search_runs} search runs, {estimate.final_runs} final "
+                  f"or baseline runs), estimated {format_seconds(estimate.low)} – {format_seconds(estimate.high)}")
+            low, high = low + estimate.low, high + estimate.high
+        print(f"whole grid: {sum(c for _, c, _ in plans)} cells to run, estimated {format_seconds(low)} – "
+              f"{format_seconds(high)}")
+        if plans and plans[0][2].speed.device == "cpu" and high > 3600:
+            print(plans[0][2].lines()[-1])
+        print("dry run: nothing was trained or written")
+        return 0
+    bar = tqdm(total=None, desc="compare", unit="cell", disable=args.no_progress, dynamic_ncols=True)
+    started, first = time.perf_counter(), []
 
     def progress(done: int, total: int, label: str) -> None:
+        # ETA from the cells this process ran (finished cells skipped on resume take no time)
+        if not first:
+            first.append(done - 1)
+        ran = done - first[0]
+        left = (time.perf_counter() - started) / ran * (total - done)
         bar.total = total
         bar.n = done
-        bar.set_postfix_str(label)
+        bar.set_postfix_str(f"{label}; ETA {format_seconds(left)}")
         bar.refresh()
 
     try:

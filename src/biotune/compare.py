@@ -28,6 +28,7 @@ from .baselines import BASELINES, baseline_plan, lora_model
 from .config import STRATEGIES, RunConfig, RuntimeConfig
 from .engines import make_engine
 from .errors import BioTuneError
+from .estimate import Estimate, estimate_runs, estimate_search, measure_speed
 from .executor import make_executor
 from .final import select_final
 from .fitness import FitnessEvaluator
@@ -60,7 +61,7 @@ from .tables import (
 )
 from .trainer import FineTuner
 
-__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare"]
+__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,50 @@ def compare(
     records = [done[g] for g in grid if g in done]
     _write_outputs(out, records, list(datasets), list(methods), fractions)
     return records
+
+
+def plan_compare(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    *,
+    runs: int,
+    out: str | Path,
+    config: RunConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    fractions: Sequence[float] | None = None,
+) -> list[tuple[str, int, Estimate]]:
+    """For each dataset: the cells still to run and their measured time estimate; writes nothing.
+
+    A baseline cell is one fine-tuning run on the full training set; a search cell is its
+    search plus its top-k final runs (one seed each).
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    done = _read_ledger(Path(out).expanduser() / "runs.jsonl")
+    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
+    grid += [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
+    plans = []
+    for dataset in datasets:
+        todo = [g for g in grid if g[0] == dataset and g not in done]
+        session = Session.prepare(config.model, dataclasses.replace(config.data, dataset=dataset), config.train,
+                                  n_folds=config.search.n_folds, seed=config.search.seed, runtime=runtime)
+        speed = measure_speed(session, runtime)
+        t = session.tensors
+        total = None
+        for _, method, _, fraction in todo:
+            if method in BASELINES:
+                cell = estimate_runs(speed, runs=1, train_images=len(t["x_train"]), val_images=len(t["x_val"]),
+                                     test_images=len(t["x_test"]), epochs=config.train.epochs,
+                                     patience=config.train.patience)
+            else:  # a Table III fraction is estimated at the configured fold size
+                cell = estimate_search(session, config, runtime, speed, final_seeds=1)
+            total = cell if total is None else total + cell
+        if total is not None:
+            plans.append((dataset, len(todo), total))
+    return plans
 
 
 def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime: RuntimeConfig,

@@ -25,6 +25,7 @@ __all__ = [
     "GRANULARITIES",
     "STRATEGIES",
     "EXECUTORS",
+    "resolve_image_size",
 ]
 
 GRANULARITIES = ("stage", "block")
@@ -332,13 +333,42 @@ class RuntimeConfig:
         return device
 
 
-# Presets change settings before explicit options are applied. ``paper`` is the paper's
+DEMO_DATASET, DEMO_IMAGE_SIZE = "digits", 32  # the offline demo keeps its small, fast resolution
+SMALL_IMAGE_SIZE = 64  # below this, ImageNet features degrade sharply (benchmarks/results/frozen_features.txt)
+
+
+def resolve_image_size(image_size: int | str | None, dataset: str, model_size: int,
+                       native_size: int | None = None) -> tuple[int, str]:
+    """The input side a run uses and why: ``(size, source)``.
+
+    An explicit size wins; ``"native"`` is the stored size (``native_size``); otherwise the
+    offline demo (``digits``) runs at 32 px and every other dataset at the model's pretrained
+    input size (e.g. 224), since ImageNet features collapse at small sizes.
+
+    Example:
+        >>> resolve_image_size(None, "photos/", 224)
+        (224, "the model's pretrained input size")
+        >>> resolve_image_size(None, "digits", 224)
+        (32, 'the offline demo (digits)')
+    """
+    if image_size == NATIVE:
+        if native_size is None:
+            raise BioTuneError("--image-size native needs a dataset stored as arrays (a name or an .npz)")
+        return int(native_size), "the size the dataset is stored at (--image-size native)"
+    if image_size is not None:
+        return int(image_size), "--image-size"
+    if dataset == DEMO_DATASET:
+        return DEMO_IMAGE_SIZE, f"the offline demo ({DEMO_DATASET})"
+    return int(model_size), "the model's pretrained input size"
+
+
+# Presets change settings before explicit options are applied; none sets the image size (see
+# :func:`resolve_image_size`). ``paper`` is the paper's
 # protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"search": {"strategy": "memetic"}},
     "quick": {
-        "data": {"image_size": 32},
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
         "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},
     },

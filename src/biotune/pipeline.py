@@ -24,9 +24,17 @@ import numpy as np
 import torch
 
 from .artifact import MODEL_DIR, ModelCard, save_model_dir
-from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig
+from .config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    RuntimeConfig,
+    TrainConfig,
+    resolve_image_size,
+)
 from .engines import make_engine
 from .errors import BioTuneError, redact_url, scrub
+from .estimate import Estimate, estimate_search
 from .executor import make_executor
 from .final import FinalResult, FinalRun, Selection, best_weights, select_final
 from .fitness import FitnessEvaluator
@@ -47,7 +55,7 @@ from .trainer import param_groups
 
 WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
 
-__all__ = ["RunResult", "Configuration", "run", "finetune", "load_configuration"]
+__all__ = ["RunResult", "Configuration", "Plan", "run", "plan", "finetune", "load_configuration"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +194,7 @@ def run(
     s = config.search
     spec = SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, runtime)
     session = Session.from_spec(spec)
+    listener.on_estimate(estimate_search(session, config, runtime))
     path = _resolve_run_dir(run_dir, config, session.dataset_name)
     document = _config_document(config, session, runtime, path, storage)
     names = gene_names([b.name for b in session.blocks])
@@ -201,6 +210,44 @@ def run(
         if not (path / "config.json").is_file():
             write_json(path / "config.json", document)
         return _run_in(path, config, spec, session, store, runtime, listener)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`run` would do, resolved and timed, without doing it (``--dry-run``).
+
+    Attributes:
+        resolved: settings that depend on the data and model (image size and why, blocks,
+            classes, split sizes, weights, device).
+        estimate: the measured time estimate.
+    """
+
+    resolved: dict[str, Any]
+    estimate: Estimate
+
+
+def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = None) -> Plan:
+    """Resolve every setting of a search and estimate its time; writes nothing.
+
+    Raises:
+        BioTuneError: the same invalid inputs :func:`run` refuses.
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    s = config.search
+    session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed, runtime=runtime)
+    _, why = resolve_image_size(config.data.image_size, config.data.dataset, session.pretrained.input_size,
+                                session.image_size)
+    resolved = {
+        "image_size": f"{session.image_size} ({why})",
+        "dataset": f"{session.dataset_name}: {len(session.classes)} classes, {len(session.tensors['x_train'])} train / "
+                   f"{len(session.tensors['x_val'])} val / {len(session.tensors['x_test'])} test images, "
+                   f"{s.n_folds} folds of {max(len(f) for f in session.folds)}",
+        "blocks": f"{len(session.blocks)} ({', '.join(b.name for b in session.blocks)})",
+        "weights": session.pretrained.weights,
+        "device": str(session.finetuner.device),
+    }
+    return Plan(resolved, estimate_search(session, config, runtime))
 
 
 def _open_store(url: str, path: Path, names, document) -> TrialStore:

@@ -112,6 +112,9 @@ class SearchResult:
 class SearchListener:
     """Hooks for progress display (search and final runs); every method is a no-op by default."""
 
+    def on_estimate(self, estimate) -> None:
+        """The measured time estimate of the whole job (:class:`biotune.estimate.Estimate`), before it starts."""
+
     def on_generation_start(self, generation: int, fold: int, candidates: list[Candidate]) -> None:
         pass
 

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .config import NATIVE, DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from .config import (
+    DEMO_DATASET,
+    NATIVE,
+    SMALL_IMAGE_SIZE,
+    DataConfig,
+    ModelConfig,
+    RuntimeConfig,
+    TrainConfig,
+    resolve_image_size,
+)
 from .data import ImageDataset, SplitData, load_dataset, preprocess, split_dataset
 from .errors import BioTuneError
 from .models import (
@@ -34,11 +44,23 @@ __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "Compute", "tra
 
 SEARCH_SEEDS, FINAL_SEEDS = 0, 1
 
+logger = logging.getLogger(__name__)
+
 
 def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
     """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
     state = np.random.SeedSequence([seed, purpose]).generate_state(count)
     return tuple(int(s) % (2**31 - 1) for s in state)
+
+
+def warn_small_images(size: int, dataset: str) -> None:
+    """Warn when a real dataset runs below 64 px: the accuracy it costs is large."""
+    if size < SMALL_IMAGE_SIZE and dataset != DEMO_DATASET:
+        logger.warning(
+            "%s runs at %d px, below %d px: ImageNet features degrade sharply at small sizes (a linear probe on "
+            "frozen EfficientNet-Lite0 features of CIFAR-10 scores 13%% at 32 px, 48%% at 64 px, 72%% at 224 px); "
+            "leave --image-size unset for the model's pretrained size unless speed matters more",
+            dataset, size, SMALL_IMAGE_SIZE)
 
 
 def _native_size(ds: ImageDataset) -> int:
@@ -167,12 +189,14 @@ class Session:
         # The model's input size must be known before an ImageFolder is read.
         default_size = default_input_size(model.name)
         native = data.image_size == NATIVE
-        read_size = default_size if native else data.image_size or default_size
+        read_size = default_size if native else resolve_image_size(data.image_size, data.dataset, default_size)[0]
         ds = load_dataset(data.dataset, image_size=read_size, data_dir=runtime.data_dir)
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
-        size = _native_size(ds) if native else data.image_size or pm.input_size
+        size, _ = resolve_image_size(data.image_size, data.dataset, pm.input_size,
+                                     _native_size(ds) if native else None)
+        warn_small_images(size, data.dataset)
         tensors = {}
         for name, arr, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
                                   ("test", split.x_test, split.y_test)):
