@@ -65,8 +65,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "(default: $BIOTUNE_DATA, else ~/.cache/biotune/data)")
     g.add_argument("--image-size", type=_image_size, default=None,
                    help="input side in pixels, or 'native' for the size a named or .npz dataset is stored at; "
-                        "images are resized once (default: 32 with the quick preset, the model's pretrained "
-                        "size otherwise)")
+                        "images are resized once (default: the model's pretrained input size, e.g. 224; 32 for "
+                        "the digits demo; below 64 px a real dataset loses much accuracy and a warning says so)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of train held out for validation when the dataset has no validation split (default: 0.2)")
 
@@ -147,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "configuration on the full training set and report test accuracy. With no "
                                    "options: digits with EfficientNet-Lite0 (packaged ImageNet weights) on the quick preset.")
     s.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="settings to start from: 'quick' (minutes on a CPU) or 'paper' (the paper's protocol); "
-                        "options given explicitly override them (default: quick)")
+                   help="budget to start from: 'quick' (population 6, 2 elites, 2 generations, 1 seed, 4 epochs, "
+                        "patience 2, batch 64, top 3 x 2 final seeds) or 'paper' (the paper's protocol: memetic "
+                        "operators, population 10, 3 elites, 3 generations, 3 seeds, 30 epochs, patience 3, batch 96, "
+                        "top 5 x 3 seeds); neither sets the image size; explicit options override them "
+                        "(default: quick)")
     _add_model_options(s, search=True)
     _add_data_options(s)
     _add_train_options(s)
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = c.add_argument_group("data")
     g.add_argument("--image-size", type=_image_size, default=None,
                    help="input side in pixels, or 'native': each dataset at the size it is stored at "
-                        "(default: 32 with quick)")
+                        "(default: the model's pretrained input size, 32 for digits)")
     g.add_argument("--val-fraction", type=float, default=None, help="validation share carved from train (default: 0.2)")
     g.add_argument("--data-dir", default=None, help="cache directory of named datasets (default: $BIOTUNE_DATA)")
     _add_train_options(c)
