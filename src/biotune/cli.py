@@ -77,6 +77,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience in epochs ({_both('train', 'patience')})")
     g.add_argument("--lr", type=float, default=None, help="base learning rate λ⁰ of Adam (default: 0.001)")
     g.add_argument("--batch-size", type=int, default=None, help=f"mini-batch size ({_both('train', 'batch_size')})")
+    g.add_argument("--metric", choices=("top1", "balanced"), default=None,
+                   help="accuracy for early stopping, search fitness, final selection and reports: 'top1', or "
+                        "'balanced' (mean per-class recall, for imbalanced classes) (default: top1)")
     g.add_argument("--no-train-bn", action="store_true", default=None,
                    help="keep BatchNorm statistics of trainable blocks frozen (eval mode)")
     g.add_argument("--auto-batch-size", action="store_true",
@@ -217,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--datasets", required=True,
                    help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files or folders")
     c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
-                   help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; biotune (the search "
-                        "with --strategy); robust, memetic, random, tpe (the same search with that strategy) "
+                   help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; ftlr (FT with its LR "
+                        "tuned on validation), llrd (layer-wise LR decay, d tuned on validation), lpft (linear "
+                        "probe, then FT); biotune (the search with --strategy); robust, memetic, random, tpe (the "
+                        "same search with that strategy) "
                         "(default: ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe)")
     c.add_argument("--runs", type=int, default=3, help="runs per dataset and method (default: 3)")
     c.add_argument("--out", required=True, help="output directory (runs.jsonl, tables, figures)")
@@ -231,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r, alpha = r (default: 8)")
     c.add_argument("--sp-alpha", type=float, default=0.1, help="L2-SP/L1-SP weight α of the w⁰ term (default: 0.1)")
     c.add_argument("--sp-beta", type=float, default=0.01, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
+    c.add_argument("--no-budget-match", action="store_true",
+                   help="ftlr/llrd: one run per grid value instead of as many runs in all as BioTune's search "
+                        "makes at these settings (the default, for equal compute)")
     c.add_argument("--sp-kernels-only", action="store_true",
                    help="L2-SP/L1-SP: penalise only convolution and linear kernels (the authors' code)")
     _add_model_options(c, search=True)
@@ -259,7 +267,8 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, o
 
 
 def _train_overrides(args) -> dict[str, object]:
-    out = _overrides(args, {"epochs": "epochs", "patience": "patience", "lr": "lr", "batch_size": "batch_size"})
+    out = _overrides(args, {"epochs": "epochs", "patience": "patience", "lr": "lr", "batch_size": "batch_size",
+                            "metric": "metric"})
     if args.no_train_bn:
         out["train_bn"] = False
     return out
@@ -499,7 +508,7 @@ def _cmd_compare(args) -> int:
     if fractions and not all(0 < f <= 1 for f in fractions):
         raise BioTuneError(f"--fractions must be in (0, 1], got {args.fractions!r}")
     options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
-                             sp_kernels_only=args.sp_kernels_only)
+                             sp_kernels_only=args.sp_kernels_only, budget_match=not args.no_budget_match)
     if args.dry_run:
         from .compare import plan_compare
 
@@ -538,9 +547,10 @@ def _cmd_compare(args) -> int:
     finally:
         bar.close()
     print(f"{len(records)} runs; tables and figures in {args.out}/")
-    table = (Path(args.out) / "table1_accuracy.md")
-    if table.is_file():
-        print(table.read_text())
+    for name in ("table1_accuracy.md", "table4_compute.md"):  # accuracy, then the compute it cost
+        table = Path(args.out) / name
+        if table.is_file():
+            print(table.read_text())
     return 0
 
 

@@ -29,6 +29,7 @@ from .config import STRATEGIES, RunConfig, RuntimeConfig
 from .engines import make_engine
 from .errors import BioTuneError
 from .estimate import Estimate, estimate_runs, estimate_search, measure_speed
+from .evolution import batch_sizes
 from .executor import make_executor
 from .final import select_final
 from .fitness import FitnessEvaluator
@@ -37,6 +38,7 @@ from .report import (
     atomic_write_bytes,
     block_table,
     plot_convergence,
+    plot_cost,
     plot_heatmap,
     slug,
 )
@@ -60,6 +62,7 @@ from .tables import (
     trainable_table,
 )
 from .trainer import FineTuner
+from .tuned import TUNED, decay_grid, llrd_multipliers, lpft, lr_grid, tune
 
 __all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]
 
@@ -68,7 +71,7 @@ logger = logging.getLogger(__name__)
 # ``biotune`` searches with the configured strategy; the others are the same search with that
 # strategy instead: same prior, budget, folds, seeds and top-k selection.
 SEARCHES = ("biotune", *STRATEGIES)
-METHODS = (*BASELINES, *SEARCHES)
+METHODS = (*BASELINES, *TUNED, *SEARCHES)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class CompareOptions:
     sp_alpha: float = 0.1
     sp_beta: float = 0.01
     sp_kernels_only: bool = False
+    budget_match: bool = True  # ftlr/llrd tune with as many runs as BioTune's search makes
 
 
 def _key(record: dict) -> tuple:
@@ -161,7 +165,7 @@ def compare(
                 if on_progress is not None:
                     on_progress(finished, len(grid), f"{dataset} {method} run {run}")
     records = [done[g] for g in grid if g in done]
-    _write_outputs(out, records, list(datasets), list(methods), fractions)
+    _write_outputs(out, records, list(datasets), list(methods), fractions, config.train.metric)
     return records
 
 
@@ -197,10 +201,15 @@ def plan_compare(
         t = session.tensors
         total = None
         for _, method, _, fraction in todo:
-            if method in BASELINES:
-                cell = estimate_runs(speed, runs=1, train_images=len(t["x_train"]), val_images=len(t["x_val"]),
-                                     test_images=len(t["x_test"]), epochs=config.train.epochs,
-                                     patience=config.train.patience)
+            one = dict(runs=1, train_images=len(t["x_train"]), val_images=len(t["x_val"]),
+                       test_images=len(t["x_test"]), epochs=config.train.epochs, patience=config.train.patience)
+            if method in BASELINES or method == "lpft":
+                cell = estimate_runs(speed, **one)
+            elif method in TUNED:  # a grid search with the search's runs on folds, then one final run
+                s = config.search
+                runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+                cell = estimate_runs(speed, **one, search_runs=runs,
+                                     search_train_images=max(len(f) for f in session.folds))
             else:  # a Table III fraction is estimated at the configured fold size
                 cell = estimate_search(session, config, runtime, speed, final_seeds=1)
             total = cell if total is None else total + cell
@@ -237,6 +246,9 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
         outcome = session.perform(RunRequest(tuple(lrs), None, final_seed), finetuner=tuner, regime=regime)
         record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
                       failure=outcome.failure, compute=Compute.of([outcome]).to_dict())
+    elif method in TUNED:
+        record.update(_tuned(session, method, seed, final_seed, config, options))
+        percent = 100.0
     else:
         strategy = config.search.strategy if method == "biotune" else method
         record["strategy"] = strategy
@@ -267,6 +279,33 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
     return record
 
 
+def _tuned(session: Session, method: str, seed: int, final_seed: int, config: RunConfig,
+           options: CompareOptions) -> dict:
+    """ftlr / llrd: a validation grid search at BioTune's search budget, then a final run; lpft."""
+    s, t, n = config.search, config.train, len(session.blocks)
+    if method == "lpft":
+        out = lpft(session, t.lr, final_seed, epochs=t.epochs)
+        return {"val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy, "failure": out.failure,
+                "probe_epochs": out.probe_epochs, "compute": out.compute.to_dict()}
+    search_runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+    if method == "ftlr":
+        grid = lr_grid(search_runs)
+        lrs_of = lambda lr: (lr,) * n  # noqa: E731
+    else:
+        grid = decay_grid(search_runs)
+        lrs_of = lambda d: tuple(t.lr * m for m in llrd_multipliers(n, d))  # noqa: E731
+    budget = search_runs if options.budget_match else len(grid)
+    seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
+    tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
+    outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))
+    return {
+        "val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
+        "failure": outcome.failure, "chosen": tuning.chosen, "grid": list(grid),
+        "grid_val_accuracy": list(tuning.val_accuracy), "replicates": tuning.replicates,
+        "compute": (tuning.compute + Compute.of([outcome])).to_dict(), "search_compute": tuning.compute.to_dict(),
+    }
+
+
 def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, method, run, fraction):
     """One search (resumable from ``<out>/studies.db``) and its top-k final phase with one seed."""
     s = config.search
@@ -289,16 +328,27 @@ def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, 
     return result, selection, seconds
 
 
-def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions) -> None:
+def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions,
+                   metric: str = "top1") -> None:
     main = [r for r in records if r.get("fraction") is None]
     if main:
         table1 = accuracy_table(main, methods, datasets)
         table2 = trainable_table(main, methods, datasets)
         table4 = compute_table(main, methods, datasets)
         for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2), ("table4_compute", table4)):
-            atomic_write_bytes(out / f"{stem}.md", to_markdown(table).encode())
+            note = f"\nMetric: {metric} accuracy ({'mean per-class recall' if metric == 'balanced' else 'top-1'}).\n"
+            atomic_write_bytes(out / f"{stem}.md", (to_markdown(table) + (note if stem == "table1_accuracy" else "")).encode())
             atomic_write_bytes(out / f"{stem}.csv", to_csv(table).encode())
             atomic_write_bytes(out / f"{stem}.tex", to_latex(table).encode())
+        points: dict[str, dict[str, tuple[float, float]]] = {}
+        for d in datasets:
+            for m in methods:
+                mine = [r for r in main if r["dataset"] == d and r["method"] == m and "compute" in r]
+                if mine:
+                    points.setdefault(d, {})[m] = (float(np.mean([r["compute"]["train_images"] for r in mine])),
+                                                   100 * float(np.mean([r["test_accuracy"] for r in mine])))
+        if points:
+            plot_cost(out / "compare_cost.png", points, metric=metric)
         searched = [r for r in main if r["method"] == "biotune"]
         if searched:
             rows = []

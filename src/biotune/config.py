@@ -141,6 +141,9 @@ class TrainConfig(_Serialisable):
         batch_size: training mini-batch size.
         train_bn: BatchNorm layers of trainable blocks update their running statistics
             (train mode); with ``False`` they stay in eval mode, like Lightning's ``train_bn``.
+        metric: ``"top1"`` accuracy or ``"balanced"`` accuracy (mean per-class recall, as
+            scikit-learn's ``balanced_accuracy_score``; the authors' code scores this "macro"
+            accuracy): used for early stopping, search fitness, final selection and reports.
     """
 
     epochs: int = 30
@@ -148,6 +151,7 @@ class TrainConfig(_Serialisable):
     lr: float = 1e-3
     batch_size: int = 96
     train_bn: bool = True
+    metric: str = "top1"
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -156,6 +160,8 @@ class TrainConfig(_Serialisable):
         _check_int("batch_size", self.batch_size, 1)
         if not isinstance(self.train_bn, bool):
             raise TypeError(f"`train_bn` must be a bool, got {self.train_bn!r}")
+        if self.metric not in ("top1", "balanced"):
+            raise BioTuneError(f"`metric` must be 'top1' or 'balanced', got {self.metric!r}")
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,7 @@ def _best_document(session: Session, config: RunConfig, result: SearchResult, se
         "threshold": genes[-1],
         "blocks": block_table(session.blocks, genes, config.train.lr),
         "strategy": config.search.strategy,
-        "metric": "top1",
+        "metric": config.train.metric,
         "selected_by": selection.selected_by,
         "candidates": [
             {

@@ -57,19 +57,43 @@ def param_groups(model: nn.Module, blocks: Sequence[Block], lrs: Sequence[float]
     return groups
 
 
+METRICS = ("top1", "balanced")
+
+
+def score(predicted: torch.Tensor, y: torch.Tensor, metric: str = "top1") -> float:
+    """``top1``: share of correct predictions; ``balanced``: mean per-class recall over the
+    classes present in ``y`` (scikit-learn's ``balanced_accuracy_score``), for imbalanced data.
+
+    Example:
+        >>> y, predicted = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 0])
+        >>> score(predicted, y, "top1"), score(predicted, y, "balanced")
+        (0.75, 0.5)
+    """
+    if metric not in METRICS:
+        raise BioTuneError(f"`metric` must be one of {', '.join(METRICS)}, got {metric!r}")
+    if len(y) == 0:
+        return 0.0
+    correct = predicted == y
+    if metric == "top1":
+        return int(correct.sum()) / len(y)
+    n = int(y.max()) + 1
+    support = torch.bincount(y, minlength=n)
+    hits = torch.bincount(y[correct], minlength=n)
+    present = support > 0
+    return float((hits[present].double() / support[present].double()).mean())
+
+
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *, forward=None) -> float:
-    """Top-1 accuracy of ``model`` (put in eval mode) on preprocessed tensors.
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *, forward=None,
+                      metric: str = "top1") -> float:
+    """Accuracy (``metric``: top-1 or balanced) of ``model`` (put in eval mode) on preprocessed tensors.
 
     ``forward`` replaces ``model`` as the callable (e.g. a compiled or autocast wrapper).
     """
     model.eval()
     forward = model if forward is None else forward
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = forward(x[start : start + batch_size])
-        correct += int((logits.argmax(1) == y[start : start + batch_size]).sum())
-    return correct / max(1, len(x))
+    predicted = [forward(x[start : start + batch_size]).argmax(1) for start in range(0, len(x), batch_size)]
+    return score(torch.cat(predicted) if predicted else y[:0], y, metric)
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,9 @@ class Regime:
         masks: the trainable blocks of each epoch (index epoch − 1; the last one holds for
             the epochs after). Blocks must have a positive learning rate to be trainable.
             Early stopping counts only from the epoch where the mask stops changing.
+        init_state: start from these weights instead of the pretrained ones with a new head
+            (LP-FT's second stage starts from the probed head); the prefix cache is not used.
+        epochs: this run's epoch budget instead of the configuration's (the schedule spans it).
         rgn_batches: AutoRGN when positive: one parameter group per tensor, and at the start
             of every epoch each tensor's learning rate is scaled by its relative gradient
             norm ‖g‖/‖w‖, averaged over this many mini-batches and divided by the largest
@@ -91,6 +118,8 @@ class Regime:
     penalty: Callable[[nn.Module], torch.Tensor] | None = None
     masks: tuple[tuple[bool, ...], ...] | None = None
     rgn_batches: int = 0
+    init_state: dict[str, torch.Tensor] | None = None
+    epochs: int | None = None
 
 
 def rgn_multipliers(ratios: dict[str, float]) -> dict[str, float]:
@@ -312,7 +341,10 @@ class FineTuner:
             stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
             torch.manual_seed(seed)
             self.restore(seed)  # the prefix cache is computed from these pristine weights
-            cut = self.cache.cut_for(ever, x_val)  # only blocks frozen in every epoch
+            cut = self.cache.cut_for(ever, x_val) if regime.init_state is None else None  # frozen in every epoch
+            if regime.init_state is not None:
+                self.model.load_state_dict(regime.init_state)
+            epochs = regime.epochs or cfg.epochs
             if cut is not None:
                 cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
                 if cached[0] is None or cached[1] is None:
@@ -332,7 +364,7 @@ class FineTuner:
             optimizer = torch.optim.Adam(groups)
             batch_size = self.batch_size
             steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
             shuffle = torch.Generator(device="cpu").manual_seed(seed)
             loss_fn = nn.CrossEntropyLoss()
             best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
@@ -340,7 +372,7 @@ class FineTuner:
             val_hist: list[float] = []
             loss_hist: list[float] = []
             multipliers: list[dict[str, float]] = []
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(1, epochs + 1):
                 self._configure(masks[min(epoch, len(masks)) - 1])
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
                 if regime.rgn_batches:
@@ -367,7 +399,8 @@ class FineTuner:
                     logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
                     break
                 with self._autocast():
-                    acc = evaluate_accuracy(self.model, x_val, y_val, self.eval_batch_size, forward=self._forward)
+                    acc = evaluate_accuracy(self.model, x_val, y_val, self.eval_batch_size, forward=self._forward,
+                                            metric=cfg.metric)
                 val_hist.append(acc)
                 loss_hist.append(total / max(1, count))
                 if on_epoch is not None:
@@ -428,8 +461,9 @@ class FineTuner:
         return mults
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
-        """Accuracy on ``(x, y)``, after loading ``state`` when given."""
+        """Accuracy (the configuration's metric) on ``(x, y)``, after loading ``state`` when given."""
         if state is not None:
             self.model.load_state_dict(state)
         with self._autocast():
-            return evaluate_accuracy(self.model, x, y, self.eval_batch_size, forward=self._forward)
+            return evaluate_accuracy(self.model, x, y, self.eval_batch_size, forward=self._forward,
+                                     metric=self.config.metric)
