@@ -48,6 +48,16 @@ def test_processes_executor_matches_local(tmp_path, local_result):
     assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
 
 
+def test_several_workers_per_device_match_local(tmp_path, local_result):
+    """Concurrent runs sharing one device (what fills a GPU) give the sequential executor's results."""
+    result = _search(tmp_path, "shared", workers_per_device=2)
+    assert result.search.best_genes == local_result.search.best_genes
+    assert [r.evaluation.accuracies for r in result.search.history] == [
+        r.evaluation.accuracies for r in local_result.search.history
+    ]
+    assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
+
+
 def test_ray_executor_matches_local(tmp_path, local_result):
     pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
     import ray

@@ -106,6 +106,10 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="worker processes or concurrent Ray tasks (default: one per device in --devices; "
                         "else half the CPU cores, or what the Ray cluster's CPUs/GPUs allow)")
+    g.add_argument("--workers-per-device", type=int, default=1,
+                   help="worker processes sharing each device, to run several fine-tuning runs at once on one "
+                        "GPU (small models or images leave a GPU idle); implies --executor processes; results "
+                        "equal the sequential executor's (default: 1)")
     g.add_argument("--devices", default=None, help="devices of the workers, comma-separated, e.g. cuda:0,cuda:1 "
                    "(default: every visible GPU with --executor processes, else --device)")
     g.add_argument("--ray-address", default=None,
@@ -280,7 +284,7 @@ def _runtime(args) -> RuntimeConfig:
         device=args.device, data_dir=args.data_dir, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
         cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
         threads=args.threads, executor=args.executor, workers=args.workers,
-        devices=devices, ray_address=args.ray_address,
+        devices=devices, ray_address=args.ray_address, workers_per_device=args.workers_per_device,
     )
 
 

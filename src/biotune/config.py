@@ -285,6 +285,9 @@ class RuntimeConfig:
             task; needs ``biotune[ray]``).
         workers: number of worker processes / concurrent Ray tasks.
         devices: devices of the workers, e.g. ``("cuda:0", "cuda:1")``; one worker each.
+        workers_per_device: worker processes sharing each device, so that several
+            fine-tuning runs fill one GPU (small models, small images); with more than 1 the
+            local executor becomes ``processes``. Results equal the sequential executor's.
         ray_address: address of an existing Ray cluster; ``None`` starts a local instance
             listening on the loopback address only.
     """
@@ -301,6 +304,7 @@ class RuntimeConfig:
     executor: str = "local"
     workers: int | None = None
     devices: tuple[str, ...] | None = None
+    workers_per_device: int = 1
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
@@ -312,6 +316,7 @@ class RuntimeConfig:
             _check_int("workers", self.workers, 1, 1024)
         if self.threads is not None:
             _check_int("threads", self.threads, 1, 1024)
+        _check_int("workers_per_device", self.workers_per_device, 1, 64)
         if self.devices is not None and (not self.devices or not all(isinstance(d, str) and d for d in self.devices)):
             raise BioTuneError(f"`devices` must be a non-empty list of device names, got {self.devices!r}")
         try:

@@ -286,6 +286,8 @@ class RayExecutor(Executor):
 
 def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> Executor:
     """The executor ``runtime`` asks for; ``session`` serves the local one."""
+    if runtime.executor == "local" and runtime.workers_per_device > 1:  # several runs at once on one device
+        runtime = dataclasses.replace(runtime, executor="processes", devices=(str(session.finetuner.device),))
     if runtime.executor == "local":
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
@@ -301,6 +303,7 @@ def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -
                 devices = [str(device)] * (runtime.workers or max(1, cores // 2))
         elif runtime.workers is not None:
             devices = [devices[i % len(devices)] for i in range(runtime.workers)]
+        devices = [d for d in devices for _ in range(runtime.workers_per_device)]
         for d in devices:
             dataclasses.replace(runtime, device=d, devices=None).resolve_device()  # a clear error for a bad name
         threads = runtime.threads or max(1, cores // len(devices))
