@@ -108,6 +108,17 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
+def _grid(datasets, methods, runs: int, fractions) -> list[tuple]:
+    """Every (dataset, method, run, fraction) cell, after checking the methods and sizes."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if not datasets or not methods or runs < 1:
+        raise BioTuneError("--datasets and --methods must not be empty and --runs must be at least 1")
+    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
+    return grid + [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
+
+
 def compare(
     datasets: Sequence[str],
     methods: Sequence[str],
@@ -134,11 +145,7 @@ def compare(
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
     options = options or CompareOptions()
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    if not datasets or not methods or runs < 1:
-        raise BioTuneError("--datasets and --methods must not be empty and --runs must be at least 1")
+    grid = _grid(datasets, methods, runs, fractions)
     out = Path(out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,8 +153,6 @@ def compare(
         raise BioTuneError(f"--out {out} cannot be written ({err.strerror or err})") from None
     ledger = out / "runs.jsonl"
     done = _read_ledger(ledger)
-    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
-    grid += [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
     finished = sum(1 for g in grid if g in done)
     for dataset in datasets:
         for fraction in [None, *(fractions or ())]:
@@ -186,12 +191,8 @@ def plan_compare(
     """
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    grid = _grid(datasets, methods, runs, fractions)
     done = _read_ledger(Path(out).expanduser() / "runs.jsonl")
-    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
-    grid += [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
     plans = []
     for dataset in datasets:
         todo = [g for g in grid if g[0] == dataset and g not in done]
