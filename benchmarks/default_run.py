@@ -12,7 +12,7 @@ import time
 
 from biotune import PRESETS, RunConfig, RuntimeConfig, full_finetune_genome, run
 from biotune.executor import LocalExecutor
-from biotune.final import final_finetune
+from biotune.final import select_final
 from biotune.session import FINAL_SEEDS, Session, training_seeds
 
 
@@ -30,8 +30,8 @@ def main() -> int:
     s = config.search
     session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed,
                               runtime=RuntimeConfig())
-    ft = final_finetune(LocalExecutor(session), full_finetune_genome(len(session.blocks)), session.blocks,
-                        base_lr=config.train.lr, seeds=training_seeds(s.seed, FINAL_SEEDS, s.final_runs))
+    ft = select_final(LocalExecutor(session), [full_finetune_genome(len(session.blocks))], session.blocks,
+                      base_lr=config.train.lr, seeds=training_seeds(s.seed, FINAL_SEEDS, s.final_runs)).result
     print(f"full fine-tuning (FT) test : {100 * ft.test_accuracy_mean:.2f} ± {100 * ft.test_accuracy_se:.2f} "
           f"(same {config.train.epochs} epochs, same seeds, 100% trainable)")
     print(f"BioTune - FT               : {100 * (best['test_accuracy_mean'] - ft.test_accuracy_mean):+.2f} points")
