@@ -166,7 +166,9 @@ def optimized_replay(config: RunConfig, log):
                                  config.train.lr, session.context)
     fitness = []
     for fold in _runs_of_equal(log):
-        fitness += [e.fitness for e in evaluator.evaluate_many([(np.asarray(g), f) for g, f, _ in fold])]
+        # the naive loop's seeds for every evaluation (a repeat is answered from the memo, as there)
+        items = [(np.asarray(g), f) for g, f, _ in fold]
+        fitness += [e.fitness for e in evaluator.evaluate_many(items, seeds=[evaluator.seeds] * len(items))]
     return fitness, time.perf_counter() - start, session.finetuner.cache
 
 
