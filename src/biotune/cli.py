@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "options: digits with EfficientNet-Lite0 (packaged ImageNet weights) on the quick preset.")
     s.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                    help="budget to start from: 'quick' (population 6, 2 elites, 2 generations, 1 seed, 4 epochs, "
-                        "patience 2, batch 64, top 3 x 2 final seeds) or 'paper' (the paper's protocol: memetic "
+                        "patience 2, batch 64, top 3 x 2 final seeds), 'balanced' (population 8, 2 elites, "
+                        "3 generations, 2 seeds, 8 epochs, patience 3, batch 64, top 3 x 2 final seeds; set from "
+                        "the measured fitness noise) or 'paper' (the paper's protocol: memetic "
                         "operators, population 10, 3 elites, 3 generations, 3 seeds, 30 epochs, patience 3, batch 96, "
                         "top 5 x 3 seeds); neither sets the image size; explicit options override them "
                         "(default: quick)")
