@@ -12,7 +12,7 @@ from biotune.cli import main
 
 TINY = ["--model", "test_efficientnet", "--weights", "random", "--image-size", "16", "--epochs", "1",
         "--patience", "1", "--population", "4", "--elites", "1", "--generations", "1", "--seeds", "1",
-        "--final-runs", "1", "--batch-size", "64", "--no-progress"]
+        "--final-runs", "1", "--top-k", "2", "--batch-size", "64", "--no-progress"]
 
 
 def test_end_to_end_search_on_real_data_then_finetune(usps_path, tmp_path, capsys):

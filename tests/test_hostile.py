@@ -20,7 +20,7 @@ from biotune.cli import main
 
 TINY = ["--model", "test_efficientnet", "--weights", "random", "--image-size", "16", "--epochs", "1",
         "--patience", "1", "--population", "4", "--elites", "1", "--generations", "0", "--seeds", "1",
-        "--final-runs", "1", "--batch-size", "64", "--no-progress"]
+        "--final-runs", "1", "--top-k", "1", "--batch-size", "64", "--no-progress"]
 
 
 class _Evil:
