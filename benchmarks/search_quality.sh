@@ -16,7 +16,7 @@ WORK=${WORK:-${TMPDIR:-/tmp}/biotune-search-quality}
 DATA=${DATA:-../shared/data}
 N=${N:-500}
 RUNS=${RUNS:-3}
-COMPARE=(biotune compare --data-dir "$WORK" --image-size 64 --methods ${METHODS:-ft,robust,random,memetic,tpe}
+COMPARE=(biotune compare --data-dir "$WORK" --image-size 64 --methods ${METHODS:-ft,memetic,random,robust,tpe}
          --epochs 4 --patience 2 --batch-size 64
          --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.25 --top-k 2 --no-progress)
 

@@ -134,8 +134,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "on the full training set; the best mean validation accuracy is kept "
                         f"({_both('search', 'top_k')})")
     g.add_argument("--strategy", choices=STRATEGIES, default=None,
-                   help="search strategy: 'robust' (noise-robust memetic operators), 'memetic' (the paper's "
-                        "operators), 'random' (random search over the same genomes) or 'tpe' (Optuna's TPE); "
+                   help="search strategy: 'random' (random search over the genome space; measured best at "
+                        "equal compute, see benchmarks/README.md), 'memetic' (the paper's operators), 'robust' "
+                        "(other memetic operators) or 'tpe' (Optuna's TPE); "
                         f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 

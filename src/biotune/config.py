@@ -178,9 +178,11 @@ class SearchConfig(_Serialisable):
         final_runs: runs (seeds) of the final fine-tune of each top-k configuration on the
             full training set.
         seed: seed of everything random: the EA, the splits, the training runs.
-        strategy: the search strategy: ``"robust"`` (noise-robust memetic operators),
-            ``"memetic"`` (the paper's operators), ``"random"`` (random search over the same
-            genome space) or ``"tpe"`` (Optuna's TPE); see :mod:`biotune.engines`.
+        strategy: the search strategy: ``"random"`` (random search over the genome space:
+            the default, since it measured best at equal compute in
+            ``benchmarks/results/search-quality``), ``"memetic"`` (the paper's operators),
+            ``"robust"`` (other memetic operators) or ``"tpe"`` (Optuna's TPE); see
+            :mod:`biotune.engines`.
         top_k: the k best distinct configurations of all generations (by mean fitness) are
             each fine-tuned with the final seeds; the best mean validation accuracy wins
             (the paper's "top five", chosen on validation instead of test).
@@ -193,7 +195,7 @@ class SearchConfig(_Serialisable):
     fraction: float = 0.5
     final_runs: int = 3
     seed: int = 0
-    strategy: str = "robust"
+    strategy: str = "random"
     top_k: int = 5
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ def trainable_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequ
 def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table:
     """Compute per run (mean over runs): training runs, epochs, training images, train seconds.
 
-    Searches count their search and final phase; a cell reads e.g. ``34 runs · 98 ep · 0.41M img · 120 s``.
+    Searches count their search and final phase; a cell reads e.g. ``34 runs · 98 ep · 410.0k img · 120 s``.
     Runs recorded before compute accounting existed show ``–``.
     """
     rows = []
@@ -75,8 +75,10 @@ def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequen
                 continue
             mean = {k: sum(c[k] for c in mine) / len(mine) for k in ("training_runs", "epochs", "train_images",
                                                                       "train_seconds")}
+            images = mean["train_images"]
+            shown = f"{images / 1e6:.2f}M" if images >= 1e6 else f"{images / 1e3:.1f}k"
             cells.append(f"{mean['training_runs']:.0f} runs · {mean['epochs']:.0f} ep · "
-                         f"{mean['train_images'] / 1e6:.2f}M img · {mean['train_seconds']:.0f} s")
+                         f"{shown} img · {mean['train_seconds']:.0f} s")
         rows.append((m, cells))
     return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "text"}
 
