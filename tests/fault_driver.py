@@ -47,14 +47,15 @@ def main() -> int:
     trainer.evaluate_accuracy = counted_evaluate
     Session.perform = flagged_perform
     if point == "generation":
-        tell = MemeticEvolution.tell
+        from biotune.engines import _BatchSampler
 
-        def counted_tell(self, fitnesses):
-            stats = tell(self, fitnesses)
-            tick()
-            return stats
+        for engine in (MemeticEvolution, _BatchSampler):  # whichever strategy the search uses
+            def counted_tell(self, fitnesses, _tell=engine.tell):
+                stats = _tell(self, fitnesses)
+                tick()
+                return stats
 
-        MemeticEvolution.tell = counted_tell
+            engine.tell = counted_tell
     elif point == "report":
         replace = os.replace
         reports = {"best.json", "heatmap.png", "history.csv", "convergence.png"}
