@@ -316,13 +316,6 @@ class MemeticEvolution:
     def done(self) -> bool:
         return self.generation >= self.generations
 
-    @property
-    def best(self) -> tuple[np.ndarray, float]:
-        """Best genome of the current population and its fitness."""
-        if self.generation < 0:
-            raise BioTuneError("no population yet: call ask() and tell() first")
-        return self.population[0].copy(), float(self.fitness[0])
-
     def ask(self) -> list[Candidate]:
         """The next generation's batch (the same batch again until it is told)."""
         if self._pending is not None:
