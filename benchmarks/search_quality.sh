@@ -16,9 +16,11 @@ WORK=${WORK:-${TMPDIR:-/tmp}/biotune-search-quality}
 DATA=${DATA:-../shared/data}
 N=${N:-500}
 RUNS=${RUNS:-3}
+SHARDS=(${SHARDS:-flowers102,usps cifar10,mnist})  # one process each, all at once
 COMPARE=(biotune compare --data-dir "$WORK" --image-size 64 --methods ${METHODS:-ft,memetic,random,robust,tpe}
          --epochs 4 --patience 2 --batch-size 64
-         --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.25 --top-k 2 --no-progress)
+         --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.25 --top-k 2 --no-progress
+         ${EXTRA:-})  # e.g. EXTRA=--train-head, with its own OUT and WORK
 
 python benchmarks/search_quality.py prepare "$DATA" "$WORK" "$N"
 mkdir -p "$OUT"
@@ -28,14 +30,16 @@ shard() {  # datasets of one shard, comma-separated
     "${COMPARE[@]}" --threads 1 --runs "$r" --datasets "$1" --out "$WORK/$name" >> "$WORK/$name.log" 2>&1
   done
 }
-shard flowers102,usps & a=$!
-shard cifar10,mnist & b=$!
-wait $a $b
+pids=()
+for s in "${SHARDS[@]}"; do shard "$s" & pids+=($!); done
+wait "${pids[@]}"
 
 : > "$OUT/runs.jsonl"
-for s in flowers102-usps cifar10-mnist; do
-  cat "$WORK/$s/runs.jsonl" >> "$OUT/runs.jsonl"
-  cp "$WORK/$s"/convergence-*.png "$OUT/" 2>/dev/null || true
+for s in "${SHARDS[@]}"; do
+  cat "$WORK/${s//,/-}/runs.jsonl" >> "$OUT/runs.jsonl"
+  cp "$WORK/${s//,/-}"/convergence-*.png "$OUT/" 2>/dev/null || true
 done
-"${COMPARE[@]}" --runs "$RUNS" --datasets mnist,usps,cifar10,flowers102 --out "$OUT"
+ALL=$(IFS=,; echo "${SHARDS[*]}")
+TABLE=$(for d in mnist usps cifar10 flowers102; do [[ ",$ALL," == *",$d,"* ]] && echo "$d"; done | paste -sd,)
+"${COMPARE[@]}" --runs "$RUNS" --datasets "$TABLE" --out "$OUT"
 python benchmarks/search_quality.py summary "$OUT" | tee "$OUT/summary.txt"

@@ -17,7 +17,7 @@ from biotune.evolution import (
 from biotune.executor import Executor
 from biotune.final import select_final
 from biotune.fitness import FitnessEvaluator, replicate_seeds
-from biotune.genome import decode, is_valid, trainable_mask
+from biotune.genome import decode, is_valid, repair, trainable_mask
 from biotune.models import Block
 from biotune.search import run_search
 from biotune.session import RunOutcome
@@ -87,6 +87,41 @@ def test_every_strategy_draws_the_same_valid_first_batch_and_spends_the_same_bud
     assert all(s == list(batch_sizes(6, 2, 2)) for s in sizes.values())
     assert isinstance(make_engine("random", 5, search, 3), RandomSearch)
     assert isinstance(make_engine("tpe", 5, search, 3), TPESearch)
+
+
+def test_head_repair_reflects_a_frozen_head_gene_onto_the_trainable_range_uniformly():
+    rng = np.random.default_rng(1)
+    threshold = 0.4
+    genomes = np.column_stack([rng.random(4000), rng.uniform(0, threshold, 4000), np.full(4000, threshold)])
+    repaired = np.array([repair(g, head=True) for g in genomes])
+    assert (repaired[:, 1] > threshold).all() and (repaired[:, [0, 2]] == genomes[:, [0, 2]]).all()
+    # U[0, ε_f] maps onto U[ε_f, 1]: mean (1 + ε_f)/2, spread over the whole range
+    assert repaired[:, 1].mean() == pytest.approx((1 + threshold) / 2, abs=0.01)
+    assert repaired[:, 1].min() < threshold + 0.01 and repaired[:, 1].max() > 0.99
+    # a genome that trains the head is left alone; edge cases stay in [0, 1] and valid
+    ok = np.array([0.1, 0.9, 0.5])
+    assert (repair(ok, head=True) == ok).all()
+    for edge in ([0.0, 0.0, 0.0], [0.3, 1.0, 1.0], [0.3, 0.5, 0.5]):
+        fixed = repair(np.array(edge), head=True)
+        assert is_valid(fixed, head=True) and ((0 <= fixed) & (fixed <= 1)).all(), fixed
+    assert not is_valid(np.array([0.9, 0.1, 0.5]), head=True) and is_valid(np.array([0.9, 0.1, 0.5]))
+
+
+@pytest.mark.parametrize("strategy", ["memetic", "robust", "random", "tpe"])
+def test_train_head_keeps_the_head_trainable_in_every_asked_genome(strategy):
+    search = SearchConfig(population=6, elites=2, generations=3, seeds=1, train_head=True)
+    engine = make_engine(strategy, 5, search, seed=4)
+    asked = 0
+    while not engine.done:
+        batch = engine.ask()
+        assert all(trainable_mask(c.array)[-1] for c in batch)
+        asked += len(batch)
+        # reward freezing the head's neighbours and a low head gene: pushes operators toward freezing it
+        engine.tell([float(c.array[-2] - c.array[-1]) for c in batch])
+    assert asked == sum(batch_sizes(6, 2, 3))
+    # off (the paper's space), the same seed draws heads that freeze
+    free = make_engine(strategy, 5, SearchConfig(population=6, elites=2, generations=3, seeds=1), seed=4)
+    assert any(not trainable_mask(c.array)[-1] for c in free.ask())
 
 
 def test_robust_exploitation_can_unfreeze_and_crossover_takes_parents_genes():
@@ -182,3 +217,17 @@ def test_search_ranks_every_distinct_configuration_by_its_mean_fitness(tmp_path)
     ev2 = FitnessEvaluator(ex2, search.n_folds, (5,), 1e-3, "ctx")
     again = run_search(make_engine("robust", 3, search, 0), ev2, TrialStore(f"sqlite:///{tmp_path / 's.db'}", "s", names, {}))
     assert not ex2.requests and again.ranking == result.ranking
+
+
+def test_train_head_option_reaches_the_search_config_and_the_paper_preset_lets_the_head_freeze():
+    from biotune.cli import _search_config, build_parser
+
+    def config(*argv):
+        return _search_config(build_parser().parse_args(["search", *argv])).search
+
+    assert config("--train-head").train_head is True
+    assert config("--preset", "paper").train_head is False
+    assert config("--preset", "paper", "--train-head").train_head is True  # an option beats the preset
+    assert config("--train-head", "--no-train-head").train_head is False
+    with pytest.raises(TypeError, match="train_head"):
+        SearchConfig(train_head="yes")

@@ -138,6 +138,10 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "equal compute, see benchmarks/README.md), 'memetic' (the paper's operators), 'robust' "
                         "(other memetic operators) or 'tpe' (Optuna's TPE); "
                         f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
+    g.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="search only configurations that train the classifier head (a new, random head "
+                        "that stays frozen wastes the run); the head's gene then sets just its learning "
+                        f"rate; --no-train-head is the paper's genome space ({_both('search', 'train_head')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
@@ -315,7 +319,8 @@ def _explicit(args) -> dict[str, dict[str, object]]:
         "train": _train_overrides(args),
         "search": _overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
                                     "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
-                                    "seed": "seed", "top_k": "top_k", "strategy": "strategy"}),
+                                    "seed": "seed", "top_k": "top_k", "strategy": "strategy",
+                                    "train_head": "train_head"}),
     }
 
 

@@ -186,6 +186,10 @@ class SearchConfig(_Serialisable):
         top_k: the k best distinct configurations of all generations (by mean fitness) are
             each fine-tuned with the final seeds; the best mean validation accuracy wins
             (the paper's "top five", chosen on validation instead of test).
+        train_head: search only genomes that train the classifier head (the last block),
+            whose gene then sets just its learning rate. A new head starts random, so a
+            configuration that freezes it wastes its evaluation; the paper's genome space
+            (``False``) lets it freeze.
     """
 
     population: int = 10
@@ -197,6 +201,7 @@ class SearchConfig(_Serialisable):
     seed: int = 0
     strategy: str = "random"
     top_k: int = 5
+    train_head: bool = False
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -213,6 +218,8 @@ class SearchConfig(_Serialisable):
         if self.strategy not in STRATEGIES:
             raise BioTuneError(f"`strategy` must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         _check_int("top_k", self.top_k, 1)
+        if not isinstance(self.train_head, bool):
+            raise TypeError(f"`train_head` must be a bool, got {self.train_head!r}")
 
     @property
     def n_folds(self) -> int:
@@ -380,7 +387,7 @@ def resolve_image_size(image_size: int | str | None, dataset: str, model_size: i
 # protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"search": {"strategy": "memetic"}},
+    "paper": {"search": {"strategy": "memetic", "train_head": False}},
     "quick": {
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
         "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},

@@ -5,6 +5,10 @@ counted and finalised the same way (:func:`biotune.search.run_search`).
   sets described there (``memetic`` is the paper's).
 - ``random``: every genome drawn from the initial population's prior (each gene U[0, 1],
   all-frozen genomes re-drawn), batch after batch.
+
+With ``SearchConfig.train_head`` every strategy searches the smaller space whose genomes
+train the classifier head: the prior re-draws genomes that freeze it, the memetic operators'
+results are repaired, TPE's proposals that freeze it are re-drawn like all-frozen ones.
 - ``tpe``: Optuna's ``TPESampler`` over the same space. Its first batch is drawn from the same
   prior as ``random``; afterwards TPE proposes, and an all-frozen proposal is told as failed
   and re-drawn (the prior's rule), never repaired. Optuna's default of 10 random start-up
@@ -42,10 +46,11 @@ _MAX_REDRAWS = 1000
 class _BatchSampler:
     """Shared bookkeeping of the sampling strategies: batches of given sizes, stats per batch."""
 
-    def __init__(self, n_blocks: int, batches: Sequence[int]) -> None:
+    def __init__(self, n_blocks: int, batches: Sequence[int], head: bool = False) -> None:
         if not batches or any(int(b) < 1 for b in batches):
             raise BioTuneError(f"`batches` must be positive sizes, got {list(batches)}")
         self.n_blocks = n_blocks
+        self.head = head
         self.batches = tuple(int(b) for b in batches)
         self.generations = len(self.batches) - 1
         self.generation = -1
@@ -98,12 +103,13 @@ class RandomSearch(_BatchSampler):
         1
     """
 
-    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator) -> None:
-        super().__init__(n_blocks, batches)
+    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator,
+                 head: bool = False) -> None:
+        super().__init__(n_blocks, batches, head)
         self.rng = rng
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
-        return random_genome(self.rng, self.n_blocks)
+        return random_genome(self.rng, self.n_blocks, head=self.head)
 
 
 class TPESearch(_BatchSampler):
@@ -113,10 +119,11 @@ class TPESearch(_BatchSampler):
     batch. Deterministic for a seed, so a resumed search replays it exactly.
     """
 
-    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator, seed: int) -> None:
+    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator, seed: int,
+                 head: bool = False) -> None:
         import optuna
 
-        super().__init__(n_blocks, batches)
+        super().__init__(n_blocks, batches, head)
         self.rng = rng
         self._optuna = optuna
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
@@ -127,18 +134,18 @@ class TPESearch(_BatchSampler):
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
         if generation == 0:
-            genome = random_genome(self.rng, self.n_blocks)
+            genome = random_genome(self.rng, self.n_blocks, head=self.head)
             self.study.enqueue_trial(dict(zip(self._names, genome)))
             self._trials.append(self.study.ask(self._space))
             return genome
         for _ in range(_MAX_REDRAWS):
             trial = self.study.ask(self._space)
             genome = np.array([trial.params[n] for n in self._names])
-            if is_valid(genome):
+            if is_valid(genome, head=self.head):
                 self._trials.append(trial)
                 return genome
             self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
-        raise BioTuneError(f"TPE proposed {_MAX_REDRAWS} all-frozen genomes in a row")
+        raise BioTuneError(f"TPE proposed {_MAX_REDRAWS} invalid genomes in a row")
 
     def _learn(self, fitness: np.ndarray) -> None:
         for trial, value in zip(self._trials, fitness):
@@ -154,18 +161,19 @@ def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int):
     """
     rng = np.random.default_rng(seed)
     batches = batch_sizes(search.population, search.elites, search.generations)
+    head = search.train_head
     if strategy == "memetic":
         return MemeticEvolution(n_blocks, population_size=search.population, n_elites=search.elites,
-                                generations=search.generations, rng=rng)
+                                generations=search.generations, rng=rng, head=head)
     if strategy == "robust":
         newcomers = max(1, search.population // 4)
         return MemeticEvolution(
             n_blocks, population_size=search.population, n_elites=search.elites, generations=search.generations,
             rng=rng, crossover=uniform_crossover, mutation=gaussian_mutation, adoption=keep,
-            exploitation=perturb_variant, newcomers=newcomers, survival="truncation",
+            exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head,
         )
     if strategy == "random":
-        return RandomSearch(n_blocks, batches, rng=rng)
+        return RandomSearch(n_blocks, batches, rng=rng, head=head)
     if strategy == "tpe":
-        return TPESearch(n_blocks, batches, rng=rng, seed=seed)
+        return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head)
     raise BioTuneError(f"unknown search strategy {strategy!r}; known: {', '.join(STRATEGIES)}")

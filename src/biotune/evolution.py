@@ -247,6 +247,9 @@ class MemeticEvolution:
         survival: ``"elitist"`` (the paper's: each elite keeps the best of itself and its
             variants, plus the offspring) or ``"truncation"`` (the best N_p distinct
             configurations of the whole generation).
+        head: keep the last block (the classifier head) trainable in every asked genome:
+            the prior re-draws genomes that freeze it, and operators' results are repaired
+            (:func:`~biotune.genome.repair`). Off is the paper's genome space.
 
     Example:
         >>> engine = MemeticEvolution(3, population_size=4, n_elites=1, generations=1,
@@ -276,6 +279,7 @@ class MemeticEvolution:
         exploitation: Callable = _paper_exploitation,
         newcomers: int = 0,
         survival: str = "elitist",
+        head: bool = False,
     ) -> None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -303,6 +307,7 @@ class MemeticEvolution:
         if not 0 <= newcomers <= self.n_offspring:
             raise BioTuneError(f"`newcomers` must be in [0, {self.n_offspring}], got {newcomers}")
         self.newcomers = newcomers
+        self.head = head
         self.generation = -1  # last finished generation
         self.population = np.empty((0, n_blocks + 1))
         self.fitness = np.empty(0)
@@ -324,7 +329,7 @@ class MemeticEvolution:
             return []
         g = self.generation + 1
         if g == 0:
-            genomes = [random_genome(self.rng, self.n_blocks) for _ in range(self.population_size)]
+            genomes = [random_genome(self.rng, self.n_blocks, head=self.head) for _ in range(self.population_size)]
             batch = [Candidate(tuple(x), "init", 0, i) for i, x in enumerate(genomes)]
             momentum = np.zeros((self.population_size, self.n_blocks + 1))
         else:
@@ -340,11 +345,12 @@ class MemeticEvolution:
             batch.append(Candidate(tuple(self.population[i]), "elite", g, len(batch), (i,)))
         for i in range(n_e):
             for variant in self._exploitation(self.rng, self.population[i]):
+                variant = repair(variant, head=self.head)
                 batch.append(Candidate(tuple(variant), "exploit", g, len(batch), (i,)))
         momenta = []
         for k in range(self.n_offspring):
             if k >= self.n_offspring - self.newcomers:
-                genes = random_genome(self.rng, self.n_blocks)
+                genes = random_genome(self.rng, self.n_blocks, head=self.head)
                 momenta.append(np.zeros(d))
                 batch.append(Candidate(tuple(genes), "newcomer", g, len(batch)))
                 continue
@@ -362,7 +368,7 @@ class MemeticEvolution:
         mean_ext = 0.5 * (self.extinction[a] + self.extinction[b])
         genes = self._mutation(self.rng, crossed, mean_ext)
         genes = self._adoption(self.rng, genes, pop[a], pop[b], pop[p])
-        genes = repair(np.clip(genes, 0.0, 1.0))
+        genes = repair(np.clip(genes, 0.0, 1.0), head=self.head)
         momentum = self.rng.random(len(genes)) * carried + (genes - crossed)
         return genes, momentum
 

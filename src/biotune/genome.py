@@ -112,18 +112,33 @@ def decode(genome: np.ndarray, base_lr: float) -> Decoded:
     )
 
 
-def is_valid(genome: np.ndarray) -> bool:
-    """A genome is valid when at least one block is trainable."""
-    return bool(trainable_mask(genome).any())
+def is_valid(genome: np.ndarray, *, head: bool = False) -> bool:
+    """A genome is valid when at least one block is trainable, and, with ``head``, the last
+    block (the classifier head) is one of them."""
+    mask = trainable_mask(genome)
+    return bool(mask[-1] if head else mask.any())
 
 
-def repair(genome: np.ndarray) -> np.ndarray:
-    """Make an all-frozen genome valid with the smallest change: unfreeze its largest gene.
+def repair(genome: np.ndarray, *, head: bool = False) -> np.ndarray:
+    """Make an invalid genome valid; a valid genome is returned unchanged.
 
-    The threshold is lowered just under the largest block gene (or, when that gene is 0,
-    the gene is raised just over a zero threshold). A valid genome is returned unchanged.
+    All frozen: the smallest change, unfreeze the largest gene (the threshold is lowered just
+    under it, or, when that gene is 0, the gene is raised just over a zero threshold).
+
+    With ``head``, a frozen head gene ν ∈ [0, ε_f] is reflected into (ε_f, 1] by the linear map
+    ν ↦ 1 − ν(1 − ε_f)/ε_f, which sends U[0, ε_f] to U[ε_f, 1]: the head's learning rate is
+    then distributed as it is among the genomes that train the head, instead of piling up
+    just above the threshold (the smallest change would give the head ~0.1× the base LR).
     """
     arr = np.array(genome, dtype=float)
+    if head:
+        if arr[-1] >= 1.0:
+            arr[-1] = 1.0 - _REPAIR_EPS
+        if arr[-2] <= arr[-1]:
+            arr[-2] = 1.0 - arr[-2] * (1.0 - arr[-1]) / arr[-1] if arr[-1] > 0 else _REPAIR_EPS
+            arr[-2] = max(arr[-2], min(1.0, arr[-1] + _REPAIR_EPS))
+        assert is_valid(arr, head=True)
+        return arr
     if is_valid(arr):
         return arr
     top = int(np.argmax(arr[:-1]))
@@ -136,11 +151,11 @@ def repair(genome: np.ndarray) -> np.ndarray:
     return arr
 
 
-def random_genome(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
-    """Draw every gene from U[0, 1], re-sampling until the genome is valid."""
+def random_genome(rng: np.random.Generator, n_blocks: int, *, head: bool = False) -> np.ndarray:
+    """Draw every gene from U[0, 1], re-sampling until the genome is valid (see :func:`is_valid`)."""
     while True:
         genome = rng.random(n_blocks + 1)
-        if is_valid(genome):
+        if is_valid(genome, head=head):
             return genome
 
 
