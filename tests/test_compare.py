@@ -27,15 +27,16 @@ RUNS = [
 def test_accuracy_table_mean_se_bold_and_gain_on_known_numbers():
     table = accuracy_table(RUNS, ["ft", "biotune"], ["a", "b"])
     ft_a, bio_a = table["rows"][0][1][0], table["rows"][1][1][0]
-    assert ft_a == pytest.approx((85.0, 5.0))  # mean 0.85, SE = std(ddof=1)/sqrt(2) = 0.0707/1.414 = 0.05
-    assert bio_a == pytest.approx((93.0, 3.0))
+    assert ft_a == pytest.approx((85.0, 5.0, 2))  # mean 0.85, SE = std(ddof=1)/sqrt(2) = 0.0707/1.414 = 0.05
+    assert bio_a == pytest.approx((93.0, 3.0, 2))
     assert table["rows"][1][1][1] is None  # biotune has no run on b
     assert table["bold"] == {(1, 0), (0, 1)}
     label, gains = table["footer"]
     assert gains[0] == pytest.approx(100 * (93 - 85) / 85) and gains[1] is None
     md = to_markdown(table)
     assert "| biotune | **93.00 (3.00)** | – |" in md and "+9.41" in md
-    assert "ft,85.0000,5.0000,50.0000,0.0000" in to_csv(table)
+    assert "| ft | 85.00 (5.00) | **50.00 (1 run)** |" in md  # one run: no standard error to show
+    assert "ft,85.0000,5.0000,2,50.0000,,1" in to_csv(table)
     assert r"\textbf{93.00 (3.00)}" in to_latex(table)
 
 

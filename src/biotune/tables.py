@@ -19,11 +19,12 @@ Table = dict[str, Any]  # {"columns": datasets, "rows": [(method, [cell...])], "
 
 
 def _cells(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str], key: str):
+    """(mean, standard error, number of runs) per (method, dataset), or None without runs."""
     out = {}
     for m in methods:
         for d in datasets:
             values = [r[key] for r in runs if r["method"] == m and r["dataset"] == d]
-            out[m, d] = mean_and_se(values) if values else None
+            out[m, d] = (*mean_and_se(values), len(values)) if values else None
     return out
 
 
@@ -31,11 +32,12 @@ def accuracy_table(runs: Sequence[dict], methods: Sequence[str], datasets: Seque
     """Table I: test accuracy (%) mean (standard error) per method × dataset.
 
     The best mean of each dataset is marked bold; when both ``biotune`` and ``ft`` are in,
-    a last row gives BioTune's relative gain over FT, 100·(BioTune − FT)/FT.
+    a last row gives BioTune's relative gain over FT, 100·(BioTune − FT)/FT. A cell with
+    fewer runs than the table's most says how many (one run has no standard error).
     """
     cells = _cells(runs, methods, datasets, "test_accuracy")
-    rows = [(m, [None if cells[m, d] is None else (100 * cells[m, d][0], 100 * cells[m, d][1]) for d in datasets])
-            for m in methods]
+    rows = [(m, [None if cells[m, d] is None else (100 * cells[m, d][0], 100 * cells[m, d][1], cells[m, d][2])
+                 for d in datasets]) for m in methods]
     bold = set()
     for j, d in enumerate(datasets):
         means = [(row[1][j][0], i) for i, row in enumerate(rows) if row[1][j] is not None]
@@ -49,7 +51,9 @@ def accuracy_table(runs: Sequence[dict], methods: Sequence[str], datasets: Seque
             b, f = cells["biotune", d], cells["ft", d]
             gains.append(None if b is None or f is None or f[0] == 0 else 100 * (b[0] - f[0]) / f[0])
         footer = ("BioTune vs FT (relative gain, %)", gains)
-    return {"columns": list(datasets), "rows": rows, "bold": bold, "footer": footer, "kind": "mean_se"}
+    runs_max = max((c[2] for c in cells.values() if c is not None), default=0)
+    return {"columns": list(datasets), "rows": rows, "bold": bold, "footer": footer, "kind": "mean_se",
+            "runs": runs_max}
 
 
 def trainable_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table:
@@ -83,13 +87,16 @@ def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequen
     return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "text"}
 
 
-def _format(value, kind: str) -> str:
+def _format(value, kind: str, runs: int = 0) -> str:
     if value is None:
         return "–"
     if kind == "text":
         return str(value)
     if kind == "mean_se":
-        return f"{value[0]:.2f} ({value[1]:.2f})"
+        mean, se, n = value
+        if n == 1 and runs > 1:
+            return f"{mean:.2f} (1 run)"
+        return f"{mean:.2f} ({se:.2f}{f'; {n} runs' if n < runs else ''})"
     return f"{value:.2f}" if math.isfinite(value) else "–"
 
 
@@ -97,7 +104,7 @@ def to_markdown(table: Table, *, corner: str = "method") -> str:
     head = f"| {corner} | " + " | ".join(table["columns"]) + " |"
     lines = [head, "|" + "---|" * (len(table["columns"]) + 1)]
     for i, (name, values) in enumerate(table["rows"]):
-        cells = [_format(v, table["kind"]) for v in values]
+        cells = [_format(v, table["kind"], table.get("runs", 0)) for v in values]
         cells = [f"**{c}**" if (i, j) in table["bold"] else c for j, c in enumerate(cells)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if table["footer"]:
@@ -110,9 +117,10 @@ def to_csv(table: Table, *, corner: str = "method") -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     if table["kind"] == "mean_se":
-        writer.writerow([corner] + [f"{d}_{part}" for d in table["columns"] for part in ("mean", "se")])
+        writer.writerow([corner] + [f"{d}_{part}" for d in table["columns"] for part in ("mean", "se", "runs")])
         for name, values in table["rows"]:
-            writer.writerow([name] + [x for v in values for x in (("", "") if v is None else (f"{v[0]:.4f}", f"{v[1]:.4f}"))])
+            writer.writerow([name] + [x for v in values for x in (
+                ("", "", "") if v is None else (f"{v[0]:.4f}", f"{v[1]:.4f}" if v[2] > 1 else "", str(v[2])))])
     else:
         writer.writerow([corner] + table["columns"])
         for name, values in table["rows"]:
@@ -120,7 +128,7 @@ def to_csv(table: Table, *, corner: str = "method") -> str:
                                       for v in values])
     if table["footer"]:
         label, gains = table["footer"]
-        pad = 2 if table["kind"] == "mean_se" else 1
+        pad = 3 if table["kind"] == "mean_se" else 1
         writer.writerow([label] + [x for g in gains for x in (["" if g is None else f"{g:.4f}"] + [""] * (pad - 1))])
     return buf.getvalue()
 
@@ -134,7 +142,7 @@ def to_latex(table: Table, *, corner: str = "Method") -> str:
     lines = [rf"\begin{{tabular}}{{{cols}}}", r"\hline",
              " & ".join([corner] + [_latex_escape(c) for c in table["columns"]]) + r" \\", r"\hline"]
     for i, (name, values) in enumerate(table["rows"]):
-        cells = [_format(v, table["kind"]).replace("–", "--") for v in values]
+        cells = [_format(v, table["kind"], table.get("runs", 0)).replace("–", "--") for v in values]
         cells = [rf"\textbf{{{c}}}" if (i, j) in table["bold"] else c for j, c in enumerate(cells)]
         lines.append(" & ".join([_latex_escape(name)] + cells) + r" \\")
     if table["footer"]:
