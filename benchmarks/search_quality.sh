@@ -40,6 +40,6 @@ for s in "${SHARDS[@]}"; do
   cp "$WORK/${s//,/-}"/convergence-*.png "$OUT/" 2>/dev/null || true
 done
 ALL=$(IFS=,; echo "${SHARDS[*]}")
-TABLE=$(for d in mnist usps cifar10 flowers102; do [[ ",$ALL," == *",$d,"* ]] && echo "$d"; done | paste -sd,)
+TABLE=$(for d in mnist usps cifar10 flowers102; do if [[ ",$ALL," == *",$d,"* ]]; then echo "$d"; fi; done | paste -sd,)
 "${COMPARE[@]}" --runs "$RUNS" --datasets "$TABLE" --out "$OUT"
 python benchmarks/search_quality.py summary "$OUT" | tee "$OUT/summary.txt"
