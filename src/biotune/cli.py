@@ -134,9 +134,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "on the full training set; the best mean validation accuracy is kept "
                         f"({_both('search', 'top_k')})")
     g.add_argument("--strategy", choices=STRATEGIES, default=None,
-                   help="search strategy: 'random' (random search over the genome space; measured best at "
-                        "equal compute, see benchmarks/README.md), 'memetic' (the paper's operators), 'robust' "
-                        "(other memetic operators) or 'tpe' (Optuna's TPE); "
+                   help="search strategy: 'tpe' (Optuna's TPE over the genome space; measured best at "
+                        "equal compute, see benchmarks/README.md), 'random' (random search over it), 'memetic' "
+                        "(the paper's operators) or 'robust' (other memetic operators); "
                         f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
     g.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
                    help="search only configurations that train the classifier head (a new, random head "
