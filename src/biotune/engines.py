@@ -5,14 +5,14 @@ counted and finalised the same way (:func:`biotune.search.run_search`).
   sets described there (``memetic`` is the paper's).
 - ``random``: every genome drawn from the initial population's prior (each gene U[0, 1],
   all-frozen genomes re-drawn), batch after batch.
+- ``tpe`` (the default): Optuna's ``TPESampler`` over the same space. Its first batch is drawn from the same
+  prior as ``random``; afterwards TPE proposes, and an all-frozen proposal is told as failed
+  and re-drawn (the prior's rule), never repaired. Optuna's default of 10 random start-up
+  trials would make TPE equal random search on small budgets, hence one batch.
 
 With ``SearchConfig.train_head`` every strategy searches the smaller space whose genomes
 train the classifier head: the prior re-draws genomes that freeze it, the memetic operators'
 results are repaired, TPE's proposals that freeze it are re-drawn like all-frozen ones.
-- ``tpe``: Optuna's ``TPESampler`` over the same space. Its first batch is drawn from the same
-  prior as ``random``; afterwards TPE proposes, and an all-frozen proposal is told as failed
-  and re-drawn (the prior's rule), never repaired. Optuna's default of 10 random start-up
-  trials would make TPE equal random search on small budgets, hence one batch.
 
 Every strategy spends :func:`~biotune.evolution.batch_sizes` evaluations per generation, and
 generation g trains on fold g mod n_folds, so at equal settings they cost the same.

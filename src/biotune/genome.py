@@ -128,7 +128,8 @@ def repair(genome: np.ndarray, *, head: bool = False) -> np.ndarray:
     With ``head``, a frozen head gene ν ∈ [0, ε_f] is reflected into (ε_f, 1] by the linear map
     ν ↦ 1 − ν(1 − ε_f)/ε_f, which sends U[0, ε_f] to U[ε_f, 1]: the head's learning rate is
     then distributed as it is among the genomes that train the head, instead of piling up
-    just above the threshold (the smallest change would give the head ~0.1× the base LR).
+    just above the threshold (the smallest change would set the head's LR multiplier to
+    10^(2(ε_f − 0.5)), the lowest any trainable head can have).
     """
     arr = np.array(genome, dtype=float)
     if head:
