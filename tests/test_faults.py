@@ -119,7 +119,10 @@ def test_sigkill_at_random_points_resumes_without_losing_or_repeating(tmp_path, 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_stop_cleanly_with_exit_130(tmp_path, sig):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(_search_cmd(run_dir), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN:
+    # give the child Ctrl-C's default disposition however pytest itself was launched.
+    proc = subprocess.Popen(_search_cmd(run_dir), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while len(_complete_keys(run_dir / "study.db")) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
