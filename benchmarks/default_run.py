@@ -11,9 +11,9 @@ import tempfile
 import time
 
 from biotune import PRESETS, RunConfig, RuntimeConfig, full_finetune_genome, run
-from biotune.executor import LocalExecutor
-from biotune.final import select_final
-from biotune.session import FINAL_SEEDS, Session, training_seeds
+from biotune.training.executor import LocalExecutor
+from biotune.search.final import select_final
+from biotune.training.session import FINAL_SEEDS, Session, training_seeds
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from biotune import PRESETS, RunConfig, RuntimeConfig
-from biotune.estimate import format_seconds
+from biotune.training.estimate import format_seconds
 from biotune.pipeline import plan, run
 
 

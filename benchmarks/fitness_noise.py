@@ -30,9 +30,9 @@ import torch
 from scipy.stats import spearmanr
 
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from biotune.genome import decode, full_finetune_genome, random_genome
-from biotune.models import trainable_percent
-from biotune.session import RunRequest, Session
+from biotune.search.genome import decode, full_finetune_genome, random_genome
+from biotune.models.blocks import trainable_percent
+from biotune.training.session import RunRequest, Session
 
 
 def _rho(a, b) -> float:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from biotune.catalog import load_named
-from biotune.data import preprocess
-from biotune.models import build_model
+from biotune.data.catalog import load_named
+from biotune.data.dataset import preprocess
+from biotune.models.build import build_model
 
 
 def features(model: torch.nn.Module, x: torch.Tensor, batch: int = 100) -> np.ndarray:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from biotune import PRESETS, RunConfig, RuntimeConfig, SearchListener, run
-from biotune.evolution import batch_sizes
-from biotune.session import RunRequest, Session
+from biotune.search.evolution import batch_sizes
+from biotune.training.session import RunRequest, Session
 
 MODELS = (("resnet50.tv2_in1k", "random"), ("efficientnet_lite0", "auto"))
 
@@ -92,7 +92,7 @@ class Timings(SearchListener):
 
 def _naive_reference(config: RunConfig, genomes, folds, seeds, device: str) -> float:
     """Seconds for the same evaluations with every optimisation off, one run at a time."""
-    from biotune.genome import decode
+    from biotune.search.genome import decode
 
     runtime = RuntimeConfig(device=device, amp=False, channels_last=False, cache_memory="0")
     session = Session.prepare(config.model, config.data, config.train, n_folds=config.search.n_folds,

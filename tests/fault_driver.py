@@ -27,9 +27,9 @@ def main() -> int:
         if count == n:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    import biotune.trainer as trainer
-    from biotune.evolution import MemeticEvolution
-    from biotune.session import Session
+    import biotune.training.trainer as trainer
+    from biotune.search.evolution import MemeticEvolution
+    from biotune.training.session import Session
 
     evaluate = trainer.evaluate_accuracy
     perform = Session.perform
@@ -47,7 +47,7 @@ def main() -> int:
     trainer.evaluate_accuracy = counted_evaluate
     Session.perform = flagged_perform
     if point == "generation":
-        from biotune.engines import _BatchSampler
+        from biotune.search.engines import _BatchSampler
 
         for engine in (MemeticEvolution, _BatchSampler):  # whichever strategy the search uses
             def counted_tell(self, fitnesses, _tell=engine.tell):

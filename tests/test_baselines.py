@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biotune.baselines import SPPenalty, baseline_plan, gradual_masks
+from biotune.compare.baselines import SPPenalty, baseline_plan, gradual_masks
 from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
-from biotune.models import build_model, partition_model
-from biotune.trainer import FineTuner
+from biotune.models.build import build_model
+from biotune.models.blocks import partition_model
+from biotune.training.trainer import FineTuner
 
 
 def _tuner(epochs: int = 2, patience: int = 2) -> FineTuner:
@@ -134,14 +135,14 @@ def test_autorgn_multipliers_are_in_0_1_with_max_1_each_epoch():
 
 
 def test_rgn_multipliers_on_known_numbers():
-    from biotune.trainer import rgn_multipliers
+    from biotune.training.regime import rgn_multipliers
 
     got = rgn_multipliers({"a": 2.0, "b": 1.0, "zero_weight": float("inf"), "zero_grad": 0.0})
     assert got == {"a": 1.0, "b": 0.5, "zero_weight": 1.0, "zero_grad": 1e-12}
 
 
 def test_lora_trains_adapters_norms_and_head_but_leaves_base_weights_unchanged():
-    from biotune.baselines import lora_model
+    from biotune.compare.baselines import lora_model
 
     pm = build_model("test_efficientnet", 3, weights="random", seed=0)
     full = sum(p.numel() for p in pm.model.parameters())

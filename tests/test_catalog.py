@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biotune.catalog import DATA_ENV, load_named
-from biotune.data import load_dataset
+from biotune.data.catalog import DATA_ENV, load_named
+from biotune.data.dataset import load_dataset
 from biotune.errors import BioTuneError
 
 
@@ -50,7 +50,7 @@ def test_torchvision_official_files_are_converted_once(tmp_path, monkeypatch):
 
 
 def test_absent_dataset_offline_says_where_to_put_it(tmp_path, monkeypatch):
-    import biotune.catalog as catalog
+    import biotune.data.catalog as catalog
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")

@@ -7,13 +7,7 @@ import json
 import pytest
 
 from biotune.cli import main
-from biotune.tables import (
-    accuracy_table,
-    to_csv,
-    to_latex,
-    to_markdown,
-    trainable_table,
-)
+from biotune.compare.tables import accuracy_table, to_csv, to_latex, to_markdown, trainable_table
 
 RUNS = [
     {"dataset": "a", "method": "ft", "run": 0, "test_accuracy": 0.80, "trainable_percent": 100.0},

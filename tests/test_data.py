@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from biotune.config import SearchConfig
-from biotune.data import load_dataset, preprocess, split_dataset
+from biotune.data.dataset import load_dataset, preprocess, split_dataset
 from biotune.errors import BioTuneError
 
 
@@ -157,7 +157,7 @@ def test_unknown_and_missing_datasets(tmp_path):
 
 def _session(dataset: str, image_size):
     from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-    from biotune.session import Session
+    from biotune.training.session import Session
 
     return Session.prepare(ModelConfig(name="test_efficientnet", weights="random"),
                            DataConfig(dataset=dataset, image_size=image_size), TrainConfig(epochs=1),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from biotune.errors import BioTuneError
-from biotune.evolution import (
+from biotune.search.evolution import (
     MemeticEvolution,
     adopt,
     crossover,
@@ -13,7 +13,7 @@ from biotune.evolution import (
     mutate,
     rank_select,
 )
-from biotune.genome import is_valid, trainable_mask
+from biotune.search.genome import is_valid, trainable_mask
 
 
 def _objective(c):

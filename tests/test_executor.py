@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from biotune import RunConfig, RuntimeConfig, SearchListener, run
-from biotune.executor import LocalExecutor, ProcessExecutor
-from biotune.session import RunRequest, Session, SessionSpec
+from biotune.training.executor import LocalExecutor, ProcessExecutor
+from biotune.training.session import RunRequest, Session, SessionSpec
 
 CONFIG = RunConfig().replace(
     model={"name": "test_efficientnet", "weights": "random"},
@@ -125,7 +125,7 @@ def test_process_executor_reports_each_run_once_after_a_kill():
 
 def test_local_ray_instance_listens_on_loopback_only():
     ray = pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
-    from biotune.executor import RayExecutor
+    from biotune.training.executor import RayExecutor
 
     spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
     executor = RayExecutor(spec, workers=1)

@@ -23,11 +23,12 @@ import torch
 from biotune.cli import main
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from biotune.errors import BioTuneError, redact_url, scrub
-from biotune.executor import LocalExecutor
-from biotune.fitness import WORST_FITNESS, FitnessEvaluator
-from biotune.models import build_model, partition_model
-from biotune.session import Session, SessionSpec
-from biotune.trainer import FineTuner
+from biotune.training.executor import LocalExecutor
+from biotune.search.fitness import WORST_FITNESS, FitnessEvaluator
+from biotune.models.build import build_model
+from biotune.models.blocks import partition_model
+from biotune.training.session import Session, SessionSpec
+from biotune.training.trainer import FineTuner
 
 HERE = Path(__file__).resolve().parent
 ARGS = ["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from biotune.errors import BioTuneError
-from biotune.genome import (
+from biotune.search.genome import (
     check_genome,
     decode,
     full_finetune_genome,

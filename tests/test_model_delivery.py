@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import biotune
 from biotune.cli import main
-from biotune.data import load_dataset
+from biotune.data.dataset import load_dataset
 
 TINY = ["--dataset", "digits", "--model", "test_efficientnet", "--weights", "random", "--image-size", "16",
         "--epochs", "2", "--patience", "2", "--population", "3", "--elites", "1", "--generations", "1",

@@ -3,7 +3,8 @@ import timm
 import torch
 
 from biotune.errors import BioTuneError
-from biotune.models import build_model, classifier_name, partition_model, reset_head
+from biotune.models.build import build_model, reset_head
+from biotune.models.blocks import classifier_name, partition_model
 
 
 def _meta(name, **kw):
@@ -131,7 +132,7 @@ def test_truncated_weights_file_is_refused(tmp_path):
 
 def test_resnet50_builds_and_trains_with_random_weights():
     from biotune.config import TrainConfig
-    from biotune.trainer import FineTuner
+    from biotune.training.trainer import FineTuner
 
     pm = build_model("resnet50", 3, weights="random")
     blocks = partition_model(pm.model, "stage")

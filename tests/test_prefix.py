@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from biotune.config import TrainConfig
-from biotune.models import build_model, partition_model
-from biotune.prefix import bypass, parse_memory
-from biotune.trainer import FineTuner
+from biotune.models.build import build_model
+from biotune.models.blocks import partition_model
+from biotune.training.prefix import bypass
+from biotune.config import parse_memory
+from biotune.training.trainer import FineTuner
 
 
 def _tuner(name: str, cache_memory: int, *, granularity: str = "stage") -> FineTuner:

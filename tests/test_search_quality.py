@@ -7,21 +7,16 @@ import numpy as np
 import pytest
 
 from biotune.config import SearchConfig
-from biotune.engines import RandomSearch, TPESearch, make_engine
-from biotune.evolution import (
-    MemeticEvolution,
-    batch_sizes,
-    perturb_variant,
-    uniform_crossover,
-)
-from biotune.executor import Executor
-from biotune.final import select_final
-from biotune.fitness import FitnessEvaluator, replicate_seeds
-from biotune.genome import decode, is_valid, repair, trainable_mask
-from biotune.models import Block
-from biotune.search import run_search
-from biotune.session import RunOutcome
-from biotune.study import TrialStore, gene_names
+from biotune.search.engines import RandomSearch, TPESearch, make_engine
+from biotune.search.evolution import MemeticEvolution, batch_sizes, perturb_variant, uniform_crossover
+from biotune.training.executor import Executor
+from biotune.search.final import select_final
+from biotune.search.fitness import FitnessEvaluator, replicate_seeds
+from biotune.search.genome import decode, is_valid, repair, trainable_mask
+from biotune.models.blocks import Block
+from biotune.search.loop import run_search
+from biotune.training.session import RunOutcome
+from biotune.search.study import TrialStore, gene_names
 
 
 class StubExecutor(Executor):
@@ -220,10 +215,10 @@ def test_search_ranks_every_distinct_configuration_by_its_mean_fitness(tmp_path)
 
 
 def test_train_head_option_reaches_the_search_config_and_the_paper_preset_lets_the_head_freeze():
-    from biotune.cli import _search_config, build_parser
+    from biotune.cli._options import build_parser, search_config
 
     def config(*argv):
-        return _search_config(build_parser().parse_args(["search", *argv])).search
+        return search_config(build_parser().parse_args(["search", *argv])).search
 
     assert config("--train-head").train_head is True
     assert config("--preset", "paper").train_head is False

@@ -3,8 +3,10 @@ import torch
 
 from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
-from biotune.models import build_model, partition_model
-from biotune.trainer import FineTuner, param_groups
+from biotune.models.build import build_model
+from biotune.models.blocks import partition_model
+from biotune.training.trainer import FineTuner
+from biotune.training.groups import param_groups
 
 
 @pytest.fixture

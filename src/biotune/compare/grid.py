@@ -1,0 +1,355 @@
+"""``biotune compare``: every (dataset, method, run) of the paper's comparison, resumable, then
+Table I (test accuracy), Table II (trainable share), Fig. 2 (BioTune's configurations),
+convergence plots and, with fractions, Table III.
+
+Each finished run is appended as one JSON line to ``<out>/runs.jsonl`` and never repeated: a
+rerun of the same command skips what is there. BioTune's own searches keep their trials in
+``<out>/studies.db``, so an interrupted search resumes too.
+
+Protocol per dataset: one split of the data (the search seed), the same preprocessed tensors,
+epochs budget, schedule and early stopping for every method. Run r trains with seeds derived
+from ``seed + r``; every method is scored on test at its best validation epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .baselines import BASELINES, baseline_plan, lora_model
+from ..config import STRATEGIES, RunConfig, RuntimeConfig
+from ..search.engines import make_engine
+from ..errors import BioTuneError
+from ..training.estimate import Estimate, estimate_runs, measure_speed
+from ..search.plan import estimate_search
+from ..search.evolution import batch_sizes
+from ..training.executor import make_executor
+from ..search.final import select_final
+from ..search.fitness import FitnessEvaluator
+from ..models.build import build_model
+from ..models.blocks import partition_model, trainable_percent
+from .._files import atomic_write_bytes, slug
+from ..search.report import block_table, plot_convergence, plot_heatmap
+from .figures import plot_cost
+from ..search.loop import run_search
+from ..training.session import FINAL_SEEDS, SEARCH_SEEDS, Compute, RunRequest, Session, SessionSpec, training_seeds
+from ..search.study import TrialStore, gene_names
+from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
+from ..training.trainer import FineTuner
+from .tuned import TUNED, decay_grid, llrd_multipliers, lpft, lr_grid, tune
+
+__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]
+
+logger = logging.getLogger(__name__)
+
+# ``biotune`` searches with the configured strategy; the others are the same search with that
+# strategy instead: same prior, budget, folds, seeds and top-k selection.
+SEARCHES = ("biotune", *STRATEGIES)
+METHODS = (*BASELINES, *TUNED, *SEARCHES)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Settings of the baselines (the search and training settings come from the RunConfig)."""
+
+    lora_rank: int = 8
+    sp_alpha: float = 0.1
+    sp_beta: float = 0.01
+    sp_kernels_only: bool = False
+    budget_match: bool = True  # ftlr/llrd tune with as many runs as BioTune's search makes
+
+
+def _key(record: dict) -> tuple:
+    return (record["dataset"], record["method"], int(record["run"]), record.get("fraction"))
+
+
+def _read_ledger(path: Path) -> dict[tuple, dict]:
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill: that run is redone
+                continue
+            done[_key(record)] = record
+    return done
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _grid(datasets, methods, runs: int, fractions) -> list[tuple]:
+    """Every (dataset, method, run, fraction) cell, after checking the methods and sizes."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if not datasets or not methods or runs < 1:
+        raise BioTuneError("--datasets and --methods must not be empty and --runs must be at least 1")
+    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
+    return grid + [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
+
+
+def compare(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    *,
+    runs: int,
+    out: str | Path,
+    config: RunConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    options: CompareOptions | None = None,
+    fractions: Sequence[float] | None = None,
+    on_progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict]:
+    """Run the grid (skipping finished runs), write the tables and figures, return every run.
+
+    Args:
+        datasets: names, ``digits``, ``.npz`` paths or ImageFolder directories.
+        methods: any of :data:`METHODS`.
+        runs: runs per (dataset, method).
+        out: output directory.
+        config: model, training and search settings shared by every method.
+        fractions: also run BioTune at these training-data fractions (Table III).
+        on_progress: called as ``on_progress(done, total, label)`` after each run.
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    options = options or CompareOptions()
+    grid = _grid(datasets, methods, runs, fractions)
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BioTuneError(f"--out {out} cannot be written ({err.strerror or err})") from None
+    ledger = out / "runs.jsonl"
+    done = _read_ledger(ledger)
+    finished = sum(1 for g in grid if g in done)
+    for dataset in datasets:
+        for fraction in [None, *(fractions or ())]:
+            todo = [g for g in grid if g[0] == dataset and g[3] == fraction and g not in done]
+            if not todo:
+                continue
+            cfg = config if fraction is None else config.replace(search={"fraction": fraction})
+            session = Session.prepare(cfg.model, dataclasses.replace(cfg.data, dataset=dataset), cfg.train,
+                                      n_folds=cfg.search.n_folds, seed=cfg.search.seed, runtime=runtime)
+            for _, method, run, frac in todo:
+                record = _run_one(session, method, run, cfg, runtime, options, out, dataset, frac)
+                _append(ledger, record)
+                done[_key(record)] = record
+                finished += 1
+                if on_progress is not None:
+                    on_progress(finished, len(grid), f"{dataset} {method} run {run}")
+    records = [done[g] for g in grid if g in done]
+    _write_outputs(out, records, list(datasets), list(methods), fractions, config.train.metric)
+    return records
+
+
+def plan_compare(
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    *,
+    runs: int,
+    out: str | Path,
+    config: RunConfig | None = None,
+    runtime: RuntimeConfig | None = None,
+    fractions: Sequence[float] | None = None,
+) -> list[tuple[str, int, Estimate]]:
+    """For each dataset: the cells still to run and their measured time estimate; writes nothing.
+
+    A baseline cell is one fine-tuning run on the full training set; a search cell is its
+    search plus its top-k final runs (one seed each).
+    """
+    config = config or RunConfig()
+    runtime = runtime or RuntimeConfig()
+    grid = _grid(datasets, methods, runs, fractions)
+    done = _read_ledger(Path(out).expanduser() / "runs.jsonl")
+    plans = []
+    for dataset in datasets:
+        todo = [g for g in grid if g[0] == dataset and g not in done]
+        session = Session.prepare(config.model, dataclasses.replace(config.data, dataset=dataset), config.train,
+                                  n_folds=config.search.n_folds, seed=config.search.seed, runtime=runtime)
+        speed = measure_speed(session, runtime)
+        t = session.tensors
+        total = None
+        for _, method, _, fraction in todo:
+            one = dict(runs=1, train_images=len(t["x_train"]), val_images=len(t["x_val"]),
+                       test_images=len(t["x_test"]), epochs=config.train.epochs, patience=config.train.patience)
+            if method in BASELINES or method == "lpft":
+                cell = estimate_runs(speed, **one)
+            elif method in TUNED:  # a grid search with the search's runs on folds, then one final run
+                s = config.search
+                runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+                cell = estimate_runs(speed, **one, search_runs=runs,
+                                     search_train_images=max(len(f) for f in session.folds))
+            else:  # a Table III fraction is estimated at the configured fold size
+                cell = estimate_search(session, config, runtime, speed, final_seeds=1)
+            total = cell if total is None else total + cell
+        if total is not None:
+            plans.append((dataset, len(todo), total))
+    return plans
+
+
+def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime: RuntimeConfig,
+             options: CompareOptions, out: Path, dataset: str, fraction: float | None) -> dict:
+    seed = config.search.seed + run
+    final_seed = training_seeds(seed, FINAL_SEEDS, 1)[0]
+    blocks = session.blocks
+    record = {"dataset": dataset, "method": method, "run": run, "fraction": fraction, "seed": final_seed}
+    start = time.perf_counter()
+    if method in BASELINES:
+        tuner = session.finetuner
+        if method == "lora":
+            pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
+                             seed=config.search.seed)
+            lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
+                            options.lora_rank)
+            tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device, channels_last=runtime.channels_last,
+                              amp=runtime.amp, cache_memory=0)
+            lrs, regime = (0.0, config.train.lr), None
+            # Share of the original model: the adapters are parameters it did not have.
+            percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
+            record["lora_excluded"] = list(lm.excluded)
+        else:
+            plan = baseline_plan(method, tuner.model, blocks, tuner.initial_state, config.train.lr,
+                                 alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
+            lrs, regime = plan.lrs, plan.regime
+            percent = trainable_percent(blocks, plan.trainable)
+        outcome = session.perform(RunRequest(tuple(lrs), None, final_seed), finetuner=tuner, regime=regime)
+        record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
+                      failure=outcome.failure, compute=Compute.of([outcome]).to_dict())
+    elif method in TUNED:
+        record.update(_tuned(session, method, seed, final_seed, config, options))
+        percent = 100.0
+    else:
+        strategy = config.search.strategy if method == "biotune" else method
+        record["strategy"] = strategy
+        search, selection, search_seconds = _search(session, strategy, seed, final_seed, config, runtime, out,
+                                                    dataset, method, run, fraction)
+        final = selection.result
+        genes = final.genes
+        run_ = final.runs[0]
+        percent = final.trainable_percent
+        estimate = {r.genes: r.fitness for r in search.ranking}
+        record.update(
+            val_accuracy=run_.val_accuracy, test_accuracy=run_.test_accuracy, failure=run_.failure,
+            genes=list(genes), search_seconds=search_seconds,
+            multipliers=[row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
+            blocks=[b.name for b in blocks],
+            selected_by=selection.selected_by,
+            candidates=[{"genes": list(c.genes), "fitness": estimate[c.genes], "val_accuracy": c.val_accuracy_mean,
+                         "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent}
+                        for c in selection.candidates],
+            compute=(search.compute + selection.compute).to_dict(),
+            search_compute=search.compute.to_dict(),
+            distinct_configurations=len(search.ranking),
+        )
+        suffix = "" if fraction is None else f"-p{fraction:g}"
+        stem = slug(Path(dataset).stem or dataset)
+        plot_convergence(out / f"convergence-{stem}-{method}-run{run}{suffix}.png", search.generations)
+    record.update(trainable_percent=percent, seconds=time.perf_counter() - start)
+    return record
+
+
+def _tuned(session: Session, method: str, seed: int, final_seed: int, config: RunConfig,
+           options: CompareOptions) -> dict:
+    """ftlr / llrd: a validation grid search at BioTune's search budget, then a final run; lpft."""
+    s, t, n = config.search, config.train, len(session.blocks)
+    if method == "lpft":
+        out = lpft(session, t.lr, final_seed, epochs=t.epochs)
+        return {"val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy, "failure": out.failure,
+                "probe_epochs": out.probe_epochs, "compute": out.compute.to_dict()}
+    search_runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+    if method == "ftlr":
+        grid = lr_grid(search_runs)
+        lrs_of = lambda lr: (lr,) * n  # noqa: E731
+    else:
+        grid = decay_grid(search_runs)
+        lrs_of = lambda d: tuple(t.lr * m for m in llrd_multipliers(n, d))  # noqa: E731
+    budget = search_runs if options.budget_match else len(grid)
+    seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
+    tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
+    outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))
+    return {
+        "val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
+        "failure": outcome.failure, "chosen": tuning.chosen, "grid": list(grid),
+        "grid_val_accuracy": list(tuning.val_accuracy), "replicates": tuning.replicates,
+        "compute": (tuning.compute + Compute.of([outcome])).to_dict(), "search_compute": tuning.compute.to_dict(),
+    }
+
+
+def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, method, run, fraction):
+    """One search (resumable from ``<out>/studies.db``) and its top-k final phase with one seed."""
+    s = config.search
+    spec = SessionSpec(config.model, dataclasses.replace(config.data, dataset=dataset), config.train, s.n_folds,
+                       s.seed, runtime)
+    study = f"{Path(dataset).stem or dataset}-{method}"
+    start = time.perf_counter()
+    with make_executor(runtime, spec, session) as executor:
+        evaluator = FitnessEvaluator(executor, s.n_folds, training_seeds(seed, SEARCH_SEEDS, s.seeds),
+                                     config.train.lr, session.context)
+        names = gene_names([b.name for b in session.blocks])
+        suffix = "" if fraction is None else f"-p{fraction:g}"
+        store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(study)}-run{run}{suffix}",
+                           names, {"context": session.context, "search": {**s.to_dict(), "strategy": strategy},
+                                   "seed": seed})
+        result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store)
+        seconds = time.perf_counter() - start
+        selection = select_final(executor, [r.genes for r in result.top(s.top_k)], session.blocks,
+                                 base_lr=config.train.lr, seeds=(final_seed,))
+    return result, selection, seconds
+
+
+def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods: list[str], fractions,
+                   metric: str = "top1") -> None:
+    main = [r for r in records if r.get("fraction") is None]
+    if main:
+        table1 = accuracy_table(main, methods, datasets)
+        table2 = trainable_table(main, methods, datasets)
+        table4 = compute_table(main, methods, datasets)
+        for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2), ("table4_compute", table4)):
+            note = f"\nMetric: {metric} accuracy ({'mean per-class recall' if metric == 'balanced' else 'top-1'}).\n"
+            atomic_write_bytes(out / f"{stem}.md", (to_markdown(table) + (note if stem == "table1_accuracy" else "")).encode())
+            atomic_write_bytes(out / f"{stem}.csv", to_csv(table).encode())
+            atomic_write_bytes(out / f"{stem}.tex", to_latex(table).encode())
+        points: dict[str, dict[str, tuple[float, float]]] = {}
+        for d in datasets:
+            for m in methods:
+                mine = [r for r in main if r["dataset"] == d and r["method"] == m and "compute" in r]
+                if mine:
+                    points.setdefault(d, {})[m] = (float(np.mean([r["compute"]["train_images"] for r in mine])),
+                                                   100 * float(np.mean([r["test_accuracy"] for r in mine])))
+        if points:
+            plot_cost(out / "compare_cost.png", points, metric=metric)
+        searched = [r for r in main if r["method"] == "biotune"]
+        if searched:
+            rows = []
+            for d in datasets:
+                mine = [r for r in searched if r["dataset"] == d]
+                if mine:
+                    best = max(mine, key=lambda r: r["val_accuracy"])  # the run shown: best on validation
+                    rows.append((d, best["multipliers"]))
+            plot_heatmap(out / "fig2_heatmap.png", searched[0]["blocks"], rows,
+                         title="BioTune: LR multiplier per block (❄ frozen), best run per dataset (by validation)")
+    if fractions:
+        lines = ["| fraction | " + " | ".join(f"{d} accuracy (%) | {d} search (s)" for d in datasets) + " |",
+                 "|" + "---|" * (1 + 2 * len(datasets))]
+        for f in fractions:
+            cells = []
+            for d in datasets:
+                mine = [r for r in records if r.get("fraction") == float(f) and r["dataset"] == d]
+                cells += ([f"{100 * np.mean([r['test_accuracy'] for r in mine]):.2f}",
+                           f"{np.mean([r['search_seconds'] for r in mine]):.0f}"] if mine else ["–", "–"])
+            lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
+        atomic_write_bytes(out / "table3_fractions.md", ("\n".join(lines) + "\n").encode())

@@ -1,0 +1,149 @@
+"""The competitors a practitioner would pick, tuned on validation at BioTune's compute.
+
+- ``ftlr``: full fine-tuning whose base learning rate is chosen from a log-spaced grid
+  (1e-4 … 1e-2) by mean validation accuracy.
+- ``llrd``: layer-wise learning-rate decay (BEiT; AutoGluon's default): the head at ×1 and
+  each block below it at ×d more, block b at λ·d^(B−b), with d chosen from a grid the same way.
+  Written here rather than through timm's ``param_groups_layer_decay`` because the decay
+  runs over BioTune's own blocks (the partition the search tunes, itself from timm's
+  ``group_matcher``), so the methods differ only in their per-block multipliers and train
+  through the same trainer.
+- ``lpft`` (Kumar et al. 2022): a linear probe (head only, features frozen) trained to
+  convergence with early stopping on validation, then every block fine-tuned from the probed
+  head; both stages together use the epoch budget of FT, at the base learning rate.
+
+Tuning is budget-matched: with ``budget`` training runs (BioTune's search runs at the same
+settings), a grid of G values gets ``budget // G`` replicates each; replicate r of every
+value trains on the same fold (r mod n_folds) with the same seed, so values are compared on
+equal terms. G is the grid size, or the budget itself when it is smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import BioTuneError
+from ..training.session import Compute, RunOutcome, RunRequest, Session
+from ..training.regime import Regime
+
+__all__ = ["TUNED", "Tuning", "lr_grid", "decay_grid", "llrd_multipliers", "tune", "lpft"]
+
+TUNED = ("ftlr", "llrd", "lpft")
+LR_RANGE = (1e-4, 1e-2)
+DECAYS = (0.5, 0.6, 0.7, 0.8, 0.9)
+MAX_LR_POINTS = 7
+
+
+def lr_grid(budget: int, *, points: int = MAX_LR_POINTS) -> tuple[float, ...]:
+    """Log-spaced base learning rates over 1e-4 … 1e-2: ``points`` of them, fewer on a small budget.
+
+    Example:
+        >>> [f"{x:.2g}" for x in lr_grid(26)]
+        ['0.0001', '0.00022', '0.00046', '0.001', '0.0022', '0.0046', '0.01']
+    """
+    n = max(1, min(points, int(budget)))
+    if n == 1:
+        return (1e-3,)
+    return tuple(float(x) for x in np.logspace(np.log10(LR_RANGE[0]), np.log10(LR_RANGE[1]), n))
+
+
+def decay_grid(budget: int) -> tuple[float, ...]:
+    """The decay factors d tried (evenly spread over :data:`DECAYS` when the budget is smaller)."""
+    n = max(1, min(len(DECAYS), int(budget)))
+    idx = np.linspace(0, len(DECAYS) - 1, n).round().astype(int)
+    return tuple(DECAYS[i] for i in idx)
+
+
+def llrd_multipliers(n_blocks: int, decay: float) -> tuple[float, ...]:
+    """Per-block LR multipliers d^(depth): the head (last block) ×1, the block below ×d, …
+
+    Example:
+        >>> llrd_multipliers(4, 0.5)
+        (0.125, 0.25, 0.5, 1.0)
+    """
+    if not 0.0 < decay <= 1.0:
+        raise BioTuneError(f"the layer decay must be in (0, 1], got {decay}")
+    return tuple(float(decay ** (n_blocks - 1 - b)) for b in range(n_blocks))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The outcome of a validation grid search.
+
+    Attributes:
+        values: the grid, in order.
+        val_accuracy: mean validation accuracy of each value over its replicates.
+        chosen: the value with the best mean (the first of equals).
+        replicates: runs per value.
+        compute: the training all tuning runs consumed.
+    """
+
+    values: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    chosen: float
+    replicates: int
+    compute: Compute
+
+
+def choose(values: Sequence[float], scores: Sequence[Sequence[float]]) -> tuple[float, tuple[float, ...]]:
+    """The value whose runs have the best mean score (first of equals), and every mean."""
+    if not values or len(values) != len(scores):
+        raise BioTuneError("a grid search needs one list of scores per value")
+    means = tuple(float(np.mean(s)) for s in scores)
+    return values[int(np.argmax(means))], means
+
+
+def tune(
+    perform: Callable[[RunRequest], RunOutcome],
+    values: Sequence[float],
+    lrs_of: Callable[[float], Sequence[float]],
+    *,
+    budget: int,
+    n_folds: int,
+    seeds: Sequence[int],
+) -> Tuning:
+    """Grid search of ``values`` on validation with ``budget`` runs (see the module notes).
+
+    Args:
+        perform: trains one request (``Session.perform``, or a stub in tests).
+        lrs_of: per-block learning rates for a value.
+        seeds: one training seed per replicate (at least ``budget // len(values)``).
+    """
+    replicates = max(1, int(budget) // len(values))
+    if len(seeds) < replicates:
+        raise BioTuneError(f"tuning needs {replicates} seeds, got {len(seeds)}")
+    scores, outcomes = [], []
+    for value in values:
+        runs = [perform(RunRequest(tuple(lrs_of(value)), r % n_folds, int(seeds[r]))) for r in range(replicates)]
+        outcomes += runs
+        scores.append([0.0 if o.diverged else o.best_val_accuracy for o in runs])
+    chosen, means = choose(values, scores)
+    return Tuning(tuple(values), means, chosen, replicates, Compute.of(outcomes))
+
+
+@dataclass(frozen=True)
+class LPFT:
+    """LP-FT's outcome: the final (second-stage) run, both stages' compute and the switch epoch."""
+
+    val_accuracy: float
+    test_accuracy: float
+    probe_epochs: int
+    compute: Compute
+    failure: str | None
+
+
+def lpft(session: Session, lr: float, seed: int, *, epochs: int) -> LPFT:
+    """Linear probe to convergence, then full fine-tuning from the probed head (``epochs`` in all)."""
+    tuner, t = session.finetuner, session.tensors
+    n = len(session.blocks)
+    train, val = (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"])
+    probe = tuner.run((0.0,) * (n - 1) + (lr,), train, val, seed, keep_best=True)
+    remaining = max(1, epochs - probe.epochs_run)
+    ft = tuner.run((lr,) * n, train, val, seed, keep_best=True,
+                   regime=Regime(init_state=probe.best_state, epochs=remaining))
+    test = tuner.evaluate(t["x_test"], t["y_test"], state=ft.best_state) if ft.best_state else 0.0
+    return LPFT(ft.best_val_accuracy, float(test), probe.epochs_run, Compute.of([probe, ft]),
+                ft.failure or probe.failure)

@@ -1,0 +1,179 @@
+"""Search strategies behind one ask/tell interface, so that each is run, stored, resumed,
+counted and finalised the same way (:func:`biotune.search.loop.run_search`).
+
+- ``robust`` and ``memetic``: :class:`~biotune.search.evolution.MemeticEvolution` with the operator
+  sets described there (``memetic`` is the paper's).
+- ``random``: every genome drawn from the initial population's prior (each gene U[0, 1],
+  all-frozen genomes re-drawn), batch after batch.
+- ``tpe`` (the default): Optuna's ``TPESampler`` over the same space. Its first batch is drawn from the same
+  prior as ``random``; afterwards TPE proposes, and an all-frozen proposal is told as failed
+  and re-drawn (the prior's rule), never repaired. Optuna's default of 10 random start-up
+  trials would make TPE equal random search on small budgets, hence one batch.
+
+With ``SearchConfig.train_head`` every strategy searches the smaller space whose genomes
+train the classifier head: the prior re-draws genomes that freeze it, the memetic operators'
+results are repaired, TPE's proposals that freeze it are re-drawn like all-frozen ones.
+
+Every strategy spends :func:`~biotune.search.evolution.batch_sizes` evaluations per generation, and
+generation g trains on fold g mod n_folds, so at equal settings they cost the same.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..config import STRATEGIES, SearchConfig
+from ..errors import BioTuneError
+from .evolution import (
+    Candidate,
+    GenerationStats,
+    MemeticEvolution,
+    batch_sizes,
+    gaussian_mutation,
+    keep,
+    perturb_variant,
+    uniform_crossover,
+)
+from .genome import is_valid, random_genome
+
+__all__ = ["STRATEGIES", "RandomSearch", "TPESearch", "make_engine"]
+
+_MAX_REDRAWS = 1000
+
+
+class _BatchSampler:
+    """Shared bookkeeping of the sampling strategies: batches of given sizes, stats per batch."""
+
+    def __init__(self, n_blocks: int, batches: Sequence[int], head: bool = False) -> None:
+        if not batches or any(int(b) < 1 for b in batches):
+            raise BioTuneError(f"`batches` must be positive sizes, got {list(batches)}")
+        self.n_blocks = n_blocks
+        self.head = head
+        self.batches = tuple(int(b) for b in batches)
+        self.generations = len(self.batches) - 1
+        self.generation = -1
+        self.history: list[GenerationStats] = []
+        self._pending: list[Candidate] | None = None
+        self._best = (np.inf, ())
+
+    @property
+    def done(self) -> bool:
+        return self.generation >= self.generations
+
+    def ask(self) -> list[Candidate]:
+        if self._pending is None and not self.done:
+            g = self.generation + 1
+            self._pending = [Candidate(tuple(float(x) for x in self._draw(g, i)), "sample", g, i)
+                             for i in range(self.batches[g])]
+        return list(self._pending or [])
+
+    def tell(self, fitnesses: Sequence[float]) -> GenerationStats:
+        if self._pending is None:
+            raise BioTuneError("tell() without a pending ask()")
+        f = np.where(np.isfinite(np.asarray(fitnesses, dtype=float)), fitnesses, 1.0)
+        if f.shape != (len(self._pending),):
+            raise BioTuneError(f"tell() needs {len(self._pending)} fitness values, got {f.size}")
+        self._learn(f)
+        i = int(np.argmin(f))
+        if f[i] < self._best[0]:
+            self._best = (float(f[i]), self._pending[i].genes)
+        self.generation = self._pending[0].generation
+        self._pending = None
+        stats = GenerationStats(self.generation, self._best[0], float(f.mean()), self._best[1])
+        self.history.append(stats)
+        return stats
+
+    def _draw(self, generation: int, slot: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _learn(self, fitness: np.ndarray) -> None:
+        pass
+
+
+class RandomSearch(_BatchSampler):
+    """Random search over the genome space with the initial population's prior.
+
+    Example:
+        >>> engine = RandomSearch(3, (4, 4), rng=np.random.default_rng(0))
+        >>> while not engine.done:
+        ...     engine.tell([float(c.array.sum()) for c in engine.ask()])
+        >>> engine.generation
+        1
+    """
+
+    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator,
+                 head: bool = False) -> None:
+        super().__init__(n_blocks, batches, head)
+        self.rng = rng
+
+    def _draw(self, generation: int, slot: int) -> np.ndarray:
+        return random_genome(self.rng, self.n_blocks, head=self.head)
+
+
+class TPESearch(_BatchSampler):
+    """Optuna's TPE sampler over the genome space, asked one batch at a time.
+
+    The first batch comes from the prior (``rng``); the sampler then learns from every told
+    batch. Deterministic for a seed, so a resumed search replays it exactly.
+    """
+
+    def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator, seed: int,
+                 head: bool = False) -> None:
+        import optuna
+
+        super().__init__(n_blocks, batches, head)
+        self.rng = rng
+        self._optuna = optuna
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
+        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        self._names = [f"g{i:02d}" for i in range(n_blocks + 1)]
+        self._space = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self._names}
+        self._trials: list = []
+
+    def _draw(self, generation: int, slot: int) -> np.ndarray:
+        if generation == 0:
+            genome = random_genome(self.rng, self.n_blocks, head=self.head)
+            self.study.enqueue_trial(dict(zip(self._names, genome)))
+            self._trials.append(self.study.ask(self._space))
+            return genome
+        for _ in range(_MAX_REDRAWS):
+            trial = self.study.ask(self._space)
+            genome = np.array([trial.params[n] for n in self._names])
+            if is_valid(genome, head=self.head):
+                self._trials.append(trial)
+                return genome
+            self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+        raise BioTuneError(f"TPE proposed {_MAX_REDRAWS} invalid genomes in a row")
+
+    def _learn(self, fitness: np.ndarray) -> None:
+        for trial, value in zip(self._trials, fitness):
+            self.study.tell(trial, float(value))
+        self._trials = []
+
+
+def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int):
+    """The engine of ``strategy`` for a model of ``n_blocks`` blocks, seeded with ``seed``.
+
+    Raises:
+        BioTuneError: an unknown strategy.
+    """
+    rng = np.random.default_rng(seed)
+    batches = batch_sizes(search.population, search.elites, search.generations)
+    head = search.train_head
+    if strategy == "memetic":
+        return MemeticEvolution(n_blocks, population_size=search.population, n_elites=search.elites,
+                                generations=search.generations, rng=rng, head=head)
+    if strategy == "robust":
+        newcomers = max(1, search.population // 4)
+        return MemeticEvolution(
+            n_blocks, population_size=search.population, n_elites=search.elites, generations=search.generations,
+            rng=rng, crossover=uniform_crossover, mutation=gaussian_mutation, adoption=keep,
+            exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head,
+        )
+    if strategy == "random":
+        return RandomSearch(n_blocks, batches, rng=rng, head=head)
+    if strategy == "tpe":
+        return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head)
+    raise BioTuneError(f"unknown search strategy {strategy!r}; known: {', '.join(STRATEGIES)}")

@@ -1,0 +1,165 @@
+"""Genome decoding: genes → freeze mask, importance weights, per-block learning rates.
+
+A genome for a model of B+1 blocks is ``ν = [ν_0 .. ν_B, ε_f]`` with every gene in [0, 1].
+Block b is trainable iff ``ν_b > ε_f``; its importance weight is ``W_b = 10^(2(ν_b − 0.5))``
+(in [0.1, 10]) and its learning rate ``λ_b = S_b · W_b · λ⁰``. Pure numpy: no torch, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BioTuneError
+
+__all__ = [
+    "Decoded",
+    "importance_weights",
+    "trainable_mask",
+    "learning_rates",
+    "decode",
+    "check_genome",
+    "is_valid",
+    "repair",
+    "random_genome",
+    "full_finetune_genome",
+]
+
+# Smallest step used when a repair lowers the threshold under the largest block gene.
+_REPAIR_EPS = 1e-6
+
+
+def importance_weights(block_genes: np.ndarray) -> np.ndarray:
+    """W_b = 10^(2(ν_b − 0.5)): 0.1 at ν=0, 1 at ν=0.5, 10 at ν=1."""
+    return 10.0 ** (2.0 * (np.asarray(block_genes, dtype=float) - 0.5))
+
+
+def trainable_mask(genome: np.ndarray) -> np.ndarray:
+    """S_b: True where the block gene exceeds the threshold gene (the last gene)."""
+    genome = np.asarray(genome, dtype=float)
+    return genome[:-1] > genome[-1]
+
+
+def learning_rates(genome: np.ndarray, base_lr: float) -> np.ndarray:
+    """λ_b = S_b · W_b · λ⁰ (0 for a frozen block)."""
+    genome = np.asarray(genome, dtype=float)
+    return np.where(trainable_mask(genome), importance_weights(genome[:-1]) * base_lr, 0.0)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a genome means for training.
+
+    Attributes:
+        mask: per-block trainable flags S_b.
+        weights: per-block importance weights W_b (defined for frozen blocks too).
+        lrs: per-block learning rates λ_b (0 where frozen).
+        threshold: the freeze threshold ε_f.
+    """
+
+    mask: tuple[bool, ...]
+    weights: tuple[float, ...]
+    lrs: tuple[float, ...]
+    threshold: float
+
+    @property
+    def multipliers(self) -> tuple[float, ...]:
+        """Effective LR multipliers S_b · W_b."""
+        return tuple(w if m else 0.0 for m, w in zip(self.mask, self.weights))
+
+    def key(self) -> tuple:
+        """Hashable identity of the training configuration (mask and learning rates)."""
+        return (self.mask, self.lrs)
+
+
+def check_genome(genome: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
+    """Return ``genome`` as a float array after checking shape and range.
+
+    Raises:
+        BioTuneError: wrong length, a gene outside [0, 1] or not finite.
+    """
+    arr = np.asarray(genome, dtype=float)
+    if arr.ndim != 1 or arr.size < 2:
+        raise BioTuneError(f"a genome needs at least one block gene and a threshold, got shape {arr.shape}")
+    if n_blocks is not None and arr.size != n_blocks + 1:
+        raise BioTuneError(
+            f"a genome for {n_blocks} blocks has {n_blocks + 1} genes (blocks + threshold), got {arr.size}"
+        )
+    if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
+        raise BioTuneError(f"genes must be finite and in [0, 1], got {arr.tolist()}")
+    return arr
+
+
+def decode(genome: np.ndarray, base_lr: float) -> Decoded:
+    """Decode a valid genome into mask, weights and learning rates.
+
+    Raises:
+        BioTuneError: the genome is malformed or freezes every block.
+    """
+    arr = check_genome(genome)
+    if not is_valid(arr):
+        raise BioTuneError(
+            f"invalid genome: the threshold {arr[-1]:.4f} freezes every block "
+            f"(largest block gene {arr[:-1].max():.4f})"
+        )
+    mask = trainable_mask(arr)
+    return Decoded(
+        mask=tuple(bool(m) for m in mask),
+        weights=tuple(float(w) for w in importance_weights(arr[:-1])),
+        lrs=tuple(float(x) for x in learning_rates(arr, base_lr)),
+        threshold=float(arr[-1]),
+    )
+
+
+def is_valid(genome: np.ndarray, *, head: bool = False) -> bool:
+    """A genome is valid when at least one block is trainable, and, with ``head``, the last
+    block (the classifier head) is one of them."""
+    mask = trainable_mask(genome)
+    return bool(mask[-1] if head else mask.any())
+
+
+def repair(genome: np.ndarray, *, head: bool = False) -> np.ndarray:
+    """Make an invalid genome valid; a valid genome is returned unchanged.
+
+    All frozen: the smallest change, unfreeze the largest gene (the threshold is lowered just
+    under it, or, when that gene is 0, the gene is raised just over a zero threshold).
+
+    With ``head``, a frozen head gene ν ∈ [0, ε_f] is reflected into (ε_f, 1] by the linear map
+    ν ↦ 1 − ν(1 − ε_f)/ε_f, which sends U[0, ε_f] to U[ε_f, 1]: the head's learning rate is
+    then distributed as it is among the genomes that train the head, instead of piling up
+    just above the threshold (the smallest change would set the head's LR multiplier to
+    10^(2(ε_f − 0.5)), the lowest any trainable head can have).
+    """
+    arr = np.array(genome, dtype=float)
+    if head:
+        if arr[-1] >= 1.0:
+            arr[-1] = 1.0 - _REPAIR_EPS
+        if arr[-2] <= arr[-1]:
+            arr[-2] = 1.0 - arr[-2] * (1.0 - arr[-1]) / arr[-1] if arr[-1] > 0 else _REPAIR_EPS
+            arr[-2] = max(arr[-2], min(1.0, arr[-1] + _REPAIR_EPS))
+        assert is_valid(arr, head=True)
+        return arr
+    if is_valid(arr):
+        return arr
+    top = int(np.argmax(arr[:-1]))
+    if arr[top] > _REPAIR_EPS:
+        arr[-1] = arr[top] - _REPAIR_EPS
+    else:
+        arr[-1] = 0.0
+        arr[top] = _REPAIR_EPS
+    assert is_valid(arr)
+    return arr
+
+
+def random_genome(rng: np.random.Generator, n_blocks: int, *, head: bool = False) -> np.ndarray:
+    """Draw every gene from U[0, 1], re-sampling until the genome is valid (see :func:`is_valid`)."""
+    while True:
+        genome = rng.random(n_blocks + 1)
+        if is_valid(genome, head=head):
+            return genome
+
+
+def full_finetune_genome(n_blocks: int) -> np.ndarray:
+    """The genome of plain full fine-tuning: every block trainable at multiplier 1."""
+    return np.concatenate([np.full(n_blocks, 0.5), [0.0]])

@@ -1,0 +1,246 @@
+"""The search loop: an engine asks, the fitness evaluator answers, the study records.
+
+Any engine of :mod:`biotune.search.engines` can drive it. Each candidate's fitness told to the
+engine is the noise-aware estimate of its configuration (the mean over all its runs so far).
+The result ranks every distinct configuration evaluated, over all generations, by that
+estimate: the final phase fine-tunes the top k of it.
+
+Engines are deterministic for their seed, so a resumed run replays from the start: each
+asked evaluation already in the study is read back (and only then counted as evidence)
+instead of trained, and the run carries on from the first one that is not. The result
+equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BioTuneError
+from .evolution import Candidate, GenerationStats
+from .fitness import Evaluation, FitnessEvaluator
+from .genome import decode
+from ..training.session import Compute
+from .study import TrialStore
+
+__all__ = ["EvaluationRecord", "RankedConfiguration", "SearchResult", "SearchListener", "run_search"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One asked evaluation and how it was answered.
+
+    Attributes:
+        candidate: what the engine asked.
+        fold: the fold it was evaluated on.
+        evaluation: its fitness and per-seed accuracies.
+        source: ``trained`` (now), ``study`` (read back from an earlier process) or
+            ``memo`` (the same configuration was already evaluated on this fold).
+        trial_number: the Optuna trial holding it (None for ``memo``).
+    """
+
+    candidate: Candidate
+    fold: int
+    evaluation: Evaluation
+    source: str
+    trial_number: int | None
+
+
+@dataclass(frozen=True)
+class RankedConfiguration:
+    """A distinct configuration the search evaluated, with its noise-aware fitness.
+
+    Attributes:
+        genes: the first genome asked that decodes to it.
+        fitness: 1 − mean validation accuracy over all its runs (all folds and seeds).
+        runs: how many runs that mean covers.
+    """
+
+    genes: tuple[float, ...]
+    fitness: float
+    runs: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Outcome of a search.
+
+    Attributes:
+        ranking: every distinct configuration evaluated, best estimate first (ties: the one
+            asked first).
+        history: every evaluation in order.
+        generations: population statistics after each generation (0 = initial).
+        seconds: wall time of this process's part of the search.
+    """
+
+    ranking: tuple[RankedConfiguration, ...]
+    history: tuple[EvaluationRecord, ...]
+    generations: tuple[GenerationStats, ...]
+    seconds: float
+
+    @property
+    def best_genes(self) -> tuple[float, ...]:
+        """The configuration with the best estimated fitness."""
+        return self.ranking[0].genes
+
+    @property
+    def best_fitness(self) -> float:
+        return self.ranking[0].fitness
+
+    def top(self, k: int) -> tuple[RankedConfiguration, ...]:
+        """The ``k`` best distinct configurations (fewer when fewer were evaluated)."""
+        return self.ranking[:k]
+
+    @property
+    def initial_mean_fitness(self) -> float:
+        return self.generations[0].mean
+
+    @property
+    def compute(self) -> Compute:
+        """Training the search consumed, earlier processes of a resumed run included."""
+        total = Compute()
+        for record in self.history:
+            total = total + record.evaluation.compute
+        return total
+
+
+class SearchListener:
+    """Hooks for progress display (search and final runs); every method is a no-op by default."""
+
+    def on_estimate(self, estimate) -> None:
+        """The measured time estimate of the whole job (:class:`biotune.training.estimate.Estimate`), before it starts."""
+
+    def on_generation_start(self, generation: int, fold: int, candidates: list[Candidate]) -> None:
+        pass
+
+    def on_evaluation_start(self, candidate: Candidate) -> None:
+        pass
+
+    def on_epoch(self, epoch: int, val_accuracy: float, train_loss: float) -> None:
+        pass
+
+    def on_evaluation(self, record: EvaluationRecord) -> None:
+        pass
+
+    def on_generation_end(self, stats: GenerationStats) -> None:
+        pass
+
+    def on_final_start(self, n_runs: int) -> None:
+        pass
+
+    def on_final_run(self, run) -> None:
+        pass
+
+
+def run_search(
+    engine,
+    evaluator: FitnessEvaluator,
+    store: TrialStore,
+    *,
+    listener: SearchListener | None = None,
+) -> SearchResult:
+    """Drive ``engine`` to its last generation, evaluating each batch and recording it.
+
+    Generation g trains on fold ``g mod n_folds``. Evaluations already in ``store`` are
+    read back (resume); a configuration asked twice in a batch is trained once.
+    """
+    listener = listener or SearchListener()
+    n_folds = evaluator.n_folds
+    stored = store.completed()
+    if stored:
+        logger.info("resuming: %d finished evaluations found in the study", len(stored))
+    start = time.perf_counter()
+    history: list[EvaluationRecord] = []
+    seen: dict[tuple, tuple[float, ...]] = {}  # configuration -> first genome asked
+    while not engine.done:
+        batch = engine.ask()
+        g = batch[0].generation
+        fold = g % n_folds
+        listener.on_generation_start(g, fold, batch)
+        records = _answer_batch(batch, fold, evaluator, store, stored, listener)
+        history.extend(records)
+        for record in records:
+            seen.setdefault(decode(record.candidate.array, 1.0).key(), record.candidate.genes)
+            logger.debug(
+                "gen %d slot %d %s fold %d: fitness %.4f (%s)",
+                g, record.candidate.slot, record.candidate.role, fold, record.evaluation.fitness, record.source,
+            )
+        stats = engine.tell([evaluator.estimate(c.array)[0] for c in batch])
+        listener.on_generation_end(stats)
+    ranking = []
+    for genes in seen.values():
+        fitness, runs = evaluator.estimate(np.asarray(genes))
+        ranking.append(RankedConfiguration(genes, fitness, runs))
+    ranking.sort(key=lambda r: r.fitness)  # stable: ties keep the order first asked
+    return SearchResult(
+        ranking=tuple(ranking),
+        history=tuple(history),
+        generations=tuple(engine.history),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[EvaluationRecord]:
+    """Records of one generation, in slot order: read back, memoised, or trained together.
+
+    Each candidate's seeds (its configuration's next replicate on the fold) are fixed from
+    the evidence before the batch, so a resumed batch asks exactly what the first process
+    asked. A configuration asked twice is trained once and recorded as one trial; the
+    duplicate is answered from the memo afterwards.
+    """
+    seeds = [evaluator.seeds_for(c.array, fold) for c in batch]
+    records: list[EvaluationRecord | None] = [None] * len(batch)
+    for i, cand in enumerate(batch):
+        previous = stored.get((cand.generation, cand.slot))
+        if previous is None:
+            continue
+        ev = previous.evaluation
+        if (not np.array_equal(np.asarray(previous.genes), cand.array) or ev.fold != fold
+                or tuple(ev.seeds) != seeds[i]):
+            raise BioTuneError(
+                f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
+                "does not match this search's genome; was it written by another version or settings?"
+            )
+        evaluator.remember(cand.array, fold, dict(zip(ev.seeds, ev.accuracies)), ev.diverged_seeds)
+        records[i] = EvaluationRecord(cand, fold, ev, "study", previous.trial_number)
+        listener.on_evaluation(records[i])
+    to_train: list[int] = []
+    claimed: set[tuple] = set()
+    for i, cand in enumerate(batch):
+        if records[i] is not None:
+            continue
+        key = (decode(cand.array, 1.0).key(), seeds[i])
+        if evaluator.is_memoised(cand.array, fold, seeds[i]) or key in claimed:
+            continue  # answered from the memo below
+        claimed.add(key)
+        to_train.append(i)
+    trials = {}
+    for i in to_train:
+        listener.on_evaluation_start(batch[i])
+        trials[i] = store.start(batch[i], fold)
+
+    def finished(j: int, evaluation: Evaluation) -> None:
+        i = to_train[j]
+        number = store.finish(trials.pop(i), evaluation)
+        records[i] = EvaluationRecord(batch[i], fold, evaluation, "trained", number)
+        listener.on_evaluation(records[i])
+
+    try:
+        evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
+                                on_evaluated=finished, on_epoch=listener.on_epoch)
+    except BaseException as err:
+        # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
+        if not isinstance(err, KeyboardInterrupt):
+            for trial in trials.values():
+                store.fail(trial, f"{type(err).__name__}: {err}")
+        raise
+    for i, cand in enumerate(batch):
+        if records[i] is None:
+            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=seeds[i]), "memo", None)
+            listener.on_evaluation(records[i])
+    return records  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""How long a job will take, measured before it starts: a few real training and evaluation
+steps at the resolved settings on the resolved device, scaled to the job's plan.
+
+The range's upper end is the epoch budget of every run (early stopping can only shorten
+it); the lower end has every run stop as early as its patience allows. The frozen-prefix
+cache and the memo make real runs cheaper still, so the real time can fall below the range
+when many configurations freeze leading blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..config import RuntimeConfig
+from .session import Session
+
+__all__ = ["Speed", "Estimate", "measure_speed", "estimate_runs", "LONG_ON_CPU", "format_seconds", "rounds"]
+
+LONG_ON_CPU = 3600.0  # seconds: past this a CPU run gets advice on how to cut it
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Measured seconds per training image (forward, backward, Adam step) and per evaluated image."""
+
+    train: float
+    eval: float
+    device: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A job's plan and its wall-time range.
+
+    Attributes:
+        evaluations: search evaluations planned (0 for plain runs).
+        search_runs, final_runs: training runs of the search and of the final phase.
+        epochs, patience: epoch budget and early-stopping patience of each run.
+        low, high: estimated wall seconds (earliest stop of every run, full budget).
+        speed: the measurement it is scaled from.
+        workers: runs trained at once.
+        search_rounds, final_rounds: rounds of ``workers`` runs the search and the final
+            phase take (a generation waits for its last run).
+    """
+
+    evaluations: int
+    search_runs: int
+    final_runs: int
+    epochs: int
+    patience: int
+    low: float
+    high: float
+    speed: Speed
+    workers: int = 1
+    search_rounds: int = 0
+    final_rounds: int = 0
+
+    def __add__(self, other: "Estimate") -> "Estimate":
+        return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
+                        self.final_runs + other.final_runs, max(self.epochs, other.epochs),
+                        max(self.patience, other.patience), self.low + other.low, self.high + other.high,
+                        self.speed, max(self.workers, other.workers), self.search_rounds + other.search_rounds,
+                        self.final_rounds + other.final_rounds)
+
+    @property
+    def long_on_cpu(self) -> bool:
+        return self.speed.device == "cpu" and self.high > LONG_ON_CPU
+
+    def lines(self) -> list[str]:
+        """What the command line prints."""
+        out = [
+            f"plan: {self.evaluations} search evaluations ({self.search_runs} training runs) + {self.final_runs} "
+            f"final runs, at most {self.epochs} epochs each (early stopping after {self.patience} without improvement)",
+            f"measured on {self.speed.device}: {1e3 * self.speed.train:.2f} ms per training image, "
+            f"{1e3 * self.speed.eval:.2f} ms per evaluated image",
+            f"estimated wall time: {format_seconds(self.low)} – {format_seconds(self.high)}"
+            + (f" with {self.workers} runs at once ({self.search_rounds} rounds of search runs, "
+               f"{self.final_rounds} of final runs)" if self.workers > 1 else ""),
+        ]
+        if self.long_on_cpu:
+            out.append("this can take more than an hour on the CPU; to cut it: a GPU (--device cuda), a smaller "
+                       "--image-size, --preset quick, or a smaller --fraction")
+        return out
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``7.5 min``, ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def measure_speed(session: Session, runtime: RuntimeConfig, *, steps: int = 3, threads: int | None = None) -> Speed:
+    """Time ``steps`` training steps of full fine-tuning and one evaluation batch, after a warm-up.
+
+    Works on a copy of the session's model, so the session is left as it was. Full
+    fine-tuning is the dearest step a run can take: every block trains. ``threads``: the
+    intra-op threads each run of the executor gets (a worker with 1 thread is slower than
+    this process with all of them).
+    """
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(session, runtime, steps)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(session: Session, runtime: RuntimeConfig, steps: int) -> Speed:
+    tuner = session.finetuner
+    model = copy.deepcopy(tuner.model).train()
+    device = tuner.device
+    x, y = session.tensors["x_train"], session.tensors["y_train"]
+    batch = min(tuner.batch_size, len(x))
+    eval_batch = min(tuner.eval_batch_size, len(session.tensors["x_val"]))
+    xb, yb = x[:batch], y[:batch]
+    xv = session.tensors["x_val"][:eval_batch]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if runtime.amp and device.type == "cuda"
+                else nullcontext())
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+
+    train_step()  # warm-up: allocation, kernel selection
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    sync()
+    train = (time.perf_counter() - start) / (steps * batch)
+    model.eval()
+    with torch.no_grad(), autocast:
+        model(xv)
+        sync()
+        start = time.perf_counter()
+        model(xv)
+        sync()
+    evaluate = (time.perf_counter() - start) / eval_batch
+    return Speed(train, evaluate, device.type)
+
+
+def _run_seconds(speed: Speed, train_images: int, val_images: int, epochs: int, test_images: int = 0) -> float:
+    return epochs * (train_images * speed.train + val_images * speed.eval) + test_images * speed.eval
+
+
+def rounds(runs: int, workers: int) -> int:
+    """Rounds that ``runs`` runs take on ``workers`` workers: 6 runs on 4 workers are 2, not 1.5."""
+    return -(-runs // max(1, workers))
+
+
+def estimate_runs(speed: Speed, *, runs: int, train_images: int, val_images: int, test_images: int,
+                  epochs: int, patience: int, workers: int = 1, evaluations: int = 0, search_runs: int = 0,
+                  search_train_images: int = 0, search_batches: Sequence[int] | None = None) -> Estimate:
+    """The range for ``search_runs`` runs on ``search_train_images`` plus ``runs`` final runs.
+
+    With ``workers`` runs at once, each batch of runs (``search_batches``: the runs of each
+    generation, which waits for all of them; default one batch) takes whole rounds, and so
+    does the final phase.
+    """
+    workers = max(1, workers)
+    batches = [search_runs] if search_batches is None else list(search_batches)
+    search_rounds = sum(rounds(b, workers) for b in batches if b)
+    final_rounds = rounds(runs, workers)
+    early = min(epochs, patience + 1)
+    low = (search_rounds * _run_seconds(speed, search_train_images, val_images, early)
+           + final_rounds * _run_seconds(speed, train_images, val_images, early, test_images))
+    high = (search_rounds * _run_seconds(speed, search_train_images, val_images, epochs)
+            + final_rounds * _run_seconds(speed, train_images, val_images, epochs, test_images))
+    return Estimate(evaluations, search_runs, runs, epochs, patience, low, high, speed, workers,
+                    search_rounds, final_rounds)

@@ -1,0 +1,333 @@
+"""One fine-tuning run: per-block parameter groups, frozen blocks in eval mode, early stopping.
+
+:class:`FineTuner` holds one model and its pretrained weights; each :meth:`FineTuner.run`
+restores those weights, seeds a fresh head, trains the blocks whose learning rate is positive
+(Adam, one parameter group per block, cosine schedule over the epoch budget, cross-entropy,
+no augmentation) and returns a :class:`TrainResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import BioTuneError
+from ..models.blocks import Block
+from ..models.build import reset_head
+from .groups import param_groups, set_trainable
+from .metrics import evaluate_accuracy
+from .prefix import PrefixCache, bypass
+from .regime import Regime, rescale_by_rgn
+
+__all__ = ["TrainResult", "FineTuner"]
+
+logger = logging.getLogger(__name__)
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "failed to allocate" in text
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one run produced.
+
+    Attributes:
+        seed: the run's seed (head initialisation, batch order, dropout).
+        best_val_accuracy: best validation accuracy over the epochs run (the run's score).
+        best_epoch: epoch (1-based) of that accuracy.
+        epochs_run: epochs trained before early stopping or the budget ended.
+        val_accuracies, train_losses: per-epoch history.
+        seconds: wall time.
+        diverged: the loss became NaN or infinite; training stopped there.
+        failure: why the run failed (e.g. where the loss became NaN), or None.
+        batch_size: the training batch size used (lower than configured after an
+            out-of-memory retry with ``auto_batch_size``).
+        lr_multipliers: AutoRGN's per-tensor multipliers of each epoch (empty otherwise).
+        best_state: weights at the best epoch, kept only when asked for.
+        prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
+        train_images: training images processed, summed over epochs (compute accounting).
+    """
+
+    seed: int
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    val_accuracies: tuple[float, ...]
+    train_losses: tuple[float, ...]
+    seconds: float
+    diverged: bool = False
+    best_state: dict | None = field(default=None, repr=False, compare=False)
+    prefix_depth: int = 0
+    failure: str | None = None
+    batch_size: int = 0
+    lr_multipliers: tuple[dict[str, float], ...] = field(default=(), repr=False)
+    train_images: int = 0
+
+
+class FineTuner:
+    """Fine-tunes one pretrained model again and again from the same starting weights.
+
+    Args:
+        model: the model, head already sized for the task; its current weights are the
+            starting point of every run.
+        blocks: the model's partition (see :func:`biotune.models.blocks.partition_model`).
+        config: epochs, patience, batch size, BatchNorm treatment.
+        device: where to train; data given to :meth:`run` must be there already.
+        channels_last: use the NHWC memory format for the model.
+        amp: bf16 autocast (CUDA only; ignored elsewhere).
+        compile: run the model through ``torch.compile``.
+        cache_memory: byte budget of the exact frozen-prefix cache (0: off); see
+            :mod:`biotune.training.prefix`.
+        cache_dir: where prefixes too large for ``cache_memory`` go (memory-mapped files).
+        cache_namespace: names this model's weights and preprocessing in those files.
+        auto_batch_size: on out-of-memory, halve the batch size and retry the run (the
+            smaller size then sticks); without it, a clear error names the batch size.
+
+    Example:
+        >>> import timm, torch
+        >>> from biotune.models import partition_model
+        >>> m = timm.create_model("resnet18", num_classes=2)
+        >>> ft = FineTuner(m, partition_model(m), TrainConfig(epochs=1), torch.device("cpu"))
+        >>> x, y = torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+        >>> r = ft.run([0, 0, 0, 0, 0, 1e-3], (x, y), (x, y), seed=0)
+        >>> 0.0 <= r.best_val_accuracy <= 1.0
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[Block],
+        config: TrainConfig,
+        device: torch.device,
+        *,
+        channels_last: bool = True,
+        amp: bool = False,
+        compile: bool = False,
+        cache_memory: int = 0,
+        cache_dir: str | None = None,
+        cache_namespace: str = "prefix",
+        auto_batch_size: bool = False,
+    ) -> None:
+        self.model = model.to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.blocks = tuple(blocks)
+        self.config = config
+        self.device = device
+        self.amp = bool(amp) and device.type == "cuda"
+        self.auto_batch_size = auto_batch_size
+        self.batch_size = config.batch_size
+        self.eval_batch_size = 512
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.cache = PrefixCache(
+            self.model, self.blocks, memory=cache_memory, autocast=self._autocast, directory=cache_dir,
+            namespace=cache_namespace,
+        )
+        self._initial = copy.deepcopy(self.model.state_dict())
+        modules = dict(self.model.named_modules())
+        self._block_modules = [[modules[p] for p in b.prefixes if p in modules] for b in self.blocks]
+        self._params = dict(self.model.named_parameters())
+
+    @property
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The pretrained weights every run starts from (do not modify)."""
+        return self._initial
+
+    def _configure(self, mask: Sequence[bool]) -> None:
+        """Set requires_grad and train/eval mode per block."""
+        set_trainable(self.model, self.blocks, mask, train_bn=self.config.train_bn,
+                      modules=self._block_modules, params=self._params)
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def restore(self, seed: int) -> None:
+        """Reset to the pretrained weights with a head initialised from ``seed``."""
+        self.model.load_state_dict(self._initial)
+        reset_head(self.model, torch.Generator(device="cpu").manual_seed(seed))
+
+    def run(
+        self,
+        lrs: Sequence[float],
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
+        seed: int,
+        *,
+        keep_best: bool = False,
+        on_epoch: Callable[[int, float, float], None] | None = None,
+        train_index: torch.Tensor | None = None,
+        regime: Regime | None = None,
+    ) -> TrainResult:
+        """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
+
+        When leading blocks are frozen, training and validation start from the cached
+        output of that prefix (exact; see :mod:`biotune.training.prefix`).
+
+        Args:
+            lrs: one learning rate per block.
+            train, val: preprocessed ``(images, labels)`` tensors on the training device.
+            seed: seeds the head, the batch order and dropout; same seed, same result.
+            train_index: train on these rows of ``train`` only (e.g. a fold). Pass the whole
+                training set with an index, rather than a slice, so its prefix cache is shared.
+            keep_best: keep the weights of the best epoch in the result (``best_state``).
+            on_epoch: called as ``on_epoch(epoch, val_accuracy, train_loss)``.
+            regime: a loss penalty and/or per-epoch trainable blocks (baselines).
+
+        Raises:
+            BioTuneError: every learning rate is 0 or the wrong number is given.
+        """
+        if len(lrs) != len(self.blocks):
+            raise BioTuneError(f"got {len(lrs)} learning rates for {len(self.blocks)} blocks")
+        mask = [lr > 0 for lr in lrs]
+        if not any(mask):
+            raise BioTuneError("every block is frozen: at least one learning rate must be positive")
+        while True:
+            try:
+                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime or Regime())
+            except (RuntimeError, MemoryError) as err:
+                if not _is_out_of_memory(err):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not self.auto_batch_size or self.batch_size == 1:
+                    raise BioTuneError(
+                        f"out of memory on {self.device} with batch size {self.batch_size}: lower --batch-size, "
+                        "or pass --auto-batch-size to halve it and retry automatically"
+                    ) from None
+                self.batch_size //= 2
+                self.eval_batch_size = max(1, self.eval_batch_size // 2)
+                logger.warning("out of memory on %s: retrying the run with batch size %d", self.device, self.batch_size)
+
+    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime: Regime) -> TrainResult:
+        cfg = self.config
+        masks = [list(mask)] if regime.masks is None else [[m and t for m, t in zip(e, mask)] for e in regime.masks]
+        if any(len(m) != len(self.blocks) for m in masks):
+            raise BioTuneError(f"a regime mask does not have one entry per block ({len(self.blocks)})")
+        settled = len(masks)  # from this epoch on the trainable set no longer changes
+        ever = [any(m[b] for m in masks) for b in range(len(self.blocks))]
+        start = time.perf_counter()
+        (x_train, y_train), (x_val, y_val) = train, val
+        with contextlib.ExitStack() as stack:
+            # fork_rng scopes the global RNG (used by dropout) to this run and restores it after.
+            stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
+            torch.manual_seed(seed)
+            self.restore(seed)  # the prefix cache is computed from these pristine weights
+            cut = self.cache.cut_for(ever, x_val) if regime.init_state is None else None  # frozen in every epoch
+            if regime.init_state is not None:
+                self.model.load_state_dict(regime.init_state)
+            epochs = regime.epochs or cfg.epochs
+            if cut is not None:
+                cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
+                if cached[0] is None or cached[1] is None:
+                    cut = None
+                else:
+                    x_train, x_val = cached
+            if train_index is not None:
+                x_train, y_train = x_train[train_index.to(x_train.device)], y_train[train_index]
+            # Features cached on disk are memory-mapped CPU tensors: read once per run.
+            x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
+            stack.enter_context(bypass(self.model, cut))
+            self._configure(masks[0])
+            groups = param_groups(self.model, self.blocks, lrs)
+            if regime.rgn_batches:  # AutoRGN: one group per tensor
+                names = {id(p): n for n, p in self.model.named_parameters()}
+                groups = [{"name": names[id(p)], "lr": g["lr"], "params": [p]} for g in groups for p in g["params"]]
+            optimizer = torch.optim.Adam(groups)
+            batch_size = self.batch_size
+            steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+            shuffle = torch.Generator(device="cpu").manual_seed(seed)
+            loss_fn = nn.CrossEntropyLoss()
+            best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
+            images = 0
+            val_hist: list[float] = []
+            loss_hist: list[float] = []
+            multipliers: list[dict[str, float]] = []
+            for epoch in range(1, epochs + 1):
+                self._configure(masks[min(epoch, len(masks)) - 1])
+                order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
+                if regime.rgn_batches:
+                    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][: regime.rgn_batches]
+                    multipliers.append(rescale_by_rgn(optimizer, self._rgn_loss(x_train, y_train, loss_fn, regime), batches))
+                total, count = 0.0, 0
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
+                    with self._autocast():
+                        loss = loss_fn(self._forward(x_train[idx]), y_train[idx])
+                        objective = loss if regime.penalty is None else loss + regime.penalty(self.model)
+                    if not torch.isfinite(objective):
+                        diverged = True
+                        failure = f"training loss became {objective.item()} at epoch {epoch}, step {i // batch_size + 1}"
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    total += loss.item() * len(idx)
+                    count += len(idx)
+                images += count
+                if diverged:
+                    logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
+                    break
+                with self._autocast():
+                    acc = evaluate_accuracy(self.model, x_val, y_val, self.eval_batch_size, forward=self._forward,
+                                            metric=cfg.metric)
+                val_hist.append(acc)
+                loss_hist.append(total / max(1, count))
+                if on_epoch is not None:
+                    on_epoch(epoch, acc, loss_hist[-1])
+                if acc > best:
+                    best, best_epoch, stale = acc, epoch, 0
+                    if keep_best:
+                        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                elif epoch >= settled:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        break
+        return TrainResult(
+            seed=seed,
+            best_val_accuracy=max(best, 0.0),
+            best_epoch=best_epoch,
+            epochs_run=len(val_hist),
+            val_accuracies=tuple(val_hist),
+            train_losses=tuple(loss_hist),
+            seconds=time.perf_counter() - start,
+            diverged=diverged,
+            best_state=best_state,
+            prefix_depth=0 if cut is None else cut.depth,
+            failure=failure,
+            batch_size=batch_size,
+            lr_multipliers=tuple(multipliers),
+            train_images=images,
+        )
+
+    def _rgn_loss(self, x, y, loss_fn, regime: Regime):
+        """The objective of one mini-batch of rows ``idx``, as AutoRGN measures its gradients."""
+        def loss(idx):
+            with self._autocast():
+                value = loss_fn(self._forward(x[idx]), y[idx])
+                return value if regime.penalty is None else value + regime.penalty(self.model)
+        return loss
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, state: dict | None = None) -> float:
+        """Accuracy (the configuration's metric) on ``(x, y)``, after loading ``state`` when given."""
+        if state is not None:
+            self.model.load_state_dict(state)
+        with self._autocast():
+            return evaluate_accuracy(self.model, x, y, self.eval_batch_size, forward=self._forward,
+                                     metric=self.config.metric)
