@@ -11,8 +11,8 @@ import tempfile
 import time
 
 from biotune import PRESETS, RunConfig, RuntimeConfig, full_finetune_genome, run
-from biotune.training.executor import LocalExecutor
 from biotune.search.final import select_final
+from biotune.training.executor import LocalExecutor
 from biotune.training.session import FINAL_SEEDS, Session, training_seeds
 
 

@@ -17,8 +17,8 @@ import tempfile
 import time
 
 from biotune import PRESETS, RunConfig, RuntimeConfig
-from biotune.training.estimate import format_seconds
 from biotune.pipeline import plan, run
+from biotune.training.estimate import format_seconds
 
 
 def main() -> None:

@@ -30,8 +30,8 @@ import torch
 from scipy.stats import spearmanr
 
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from biotune.search.genome import decode, full_finetune_genome, random_genome
 from biotune.models.blocks import trainable_percent
+from biotune.search.genome import decode, full_finetune_genome, random_genome
 from biotune.training.session import RunRequest, Session
 
 

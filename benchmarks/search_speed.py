@@ -34,13 +34,13 @@ from torchvision import transforms
 
 from biotune import PRESETS, RunConfig, RuntimeConfig
 from biotune.search.evolution import MemeticEvolution
-from biotune.training.executor import LocalExecutor
 from biotune.search.fitness import FitnessEvaluator, fitness_from_accuracies
 from biotune.search.genome import decode
 from biotune.search.loop import run_search
-from biotune.training.session import SEARCH_SEEDS, Session, SessionSpec, training_seeds
 from biotune.search.study import TrialStore, gene_names
+from biotune.training.executor import LocalExecutor
 from biotune.training.groups import param_groups
+from biotune.training.session import SEARCH_SEEDS, Session, SessionSpec, training_seeds
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TOLERANCE = 0.01

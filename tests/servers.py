@@ -93,12 +93,23 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray resolves this machine to 127.0.0.1
+
+
 @contextmanager
 def ray_cluster(worker_cpus: int = 1, head_cpus: int = 1):
-    """A head and one worker node on 127.0.0.1 (``ray.cluster_utils.Cluster``); yields the cluster."""
+    """A head and one worker node on 127.0.0.1 (``ray.cluster_utils.Cluster``); yields the cluster.
+
+    On Linux Ray replaces 127.0.0.1 in an address by the machine's network address; the switch
+    that keeps it on loopback (as on macOS) is set here, for this process and for the ``biotune``
+    processes the tests start (they inherit the environment), so no test traffic leaves loopback.
+    """
     pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
+    import ray._private.ray_constants as ray_constants
     from ray.cluster_utils import Cluster
 
+    os.environ[LOOPBACK_ONLY] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     local = {"node_ip_address": "127.0.0.1", "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, **local})
     try:

@@ -8,8 +8,8 @@ import torch
 from biotune.compare.baselines import SPPenalty, baseline_plan, gradual_masks
 from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
-from biotune.models.build import build_model
 from biotune.models.blocks import partition_model
+from biotune.models.build import build_model
 from biotune.training.trainer import FineTuner
 
 

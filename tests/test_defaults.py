@@ -10,8 +10,8 @@ from PIL import Image
 
 from biotune.cli import main
 from biotune.config import PRESETS, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, resolve_image_size
-from biotune.training.estimate import Estimate, Speed, estimate_runs
 from biotune.pipeline import plan
+from biotune.training.estimate import Estimate, Speed, estimate_runs
 
 TINY_MODEL = ModelConfig(name="test_efficientnet", weights="random")
 

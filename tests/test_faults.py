@@ -23,10 +23,10 @@ import torch
 from biotune.cli import main
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from biotune.errors import BioTuneError, redact_url, scrub
-from biotune.training.executor import LocalExecutor
-from biotune.search.fitness import WORST_FITNESS, FitnessEvaluator
-from biotune.models.build import build_model
 from biotune.models.blocks import partition_model
+from biotune.models.build import build_model
+from biotune.search.fitness import WORST_FITNESS, FitnessEvaluator
+from biotune.training.executor import LocalExecutor
 from biotune.training.session import Session, SessionSpec
 from biotune.training.trainer import FineTuner
 

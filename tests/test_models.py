@@ -3,8 +3,8 @@ import timm
 import torch
 
 from biotune.errors import BioTuneError
-from biotune.models.build import build_model, reset_head
 from biotune.models.blocks import classifier_name, partition_model
+from biotune.models.build import build_model, reset_head
 
 
 def _meta(name, **kw):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biotune.config import TrainConfig
-from biotune.models.build import build_model
+from biotune.config import TrainConfig, parse_memory
 from biotune.models.blocks import partition_model
+from biotune.models.build import build_model
 from biotune.training.prefix import bypass
-from biotune.config import parse_memory
 from biotune.training.trainer import FineTuner
 
 

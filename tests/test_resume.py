@@ -41,11 +41,21 @@ def _trial_keys(db):
     return [(k["generation"], k["slot"]) for k in keys.values()]
 
 
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def ref_dir(tmp_path_factory):
+    """The uninterrupted run, shared by every kill point."""
+    path = tmp_path_factory.mktemp("resume") / "ref"
+    subprocess.run(_cmd(path), check=True, env=ENV, capture_output=True, timeout=300)
+    return path
+
+
 @pytest.mark.parametrize("kill_after", [2, 7])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_after):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(ref_dir), check=True, env=env, capture_output=True, timeout=300)
+def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_after, ref_dir):
+    env = ENV
+    run_dir = tmp_path / "killed"
 
     proc = subprocess.Popen(_cmd(run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

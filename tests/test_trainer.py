@@ -3,10 +3,10 @@ import torch
 
 from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
-from biotune.models.build import build_model
 from biotune.models.blocks import partition_model
-from biotune.training.trainer import FineTuner
+from biotune.models.build import build_model
 from biotune.training.groups import param_groups
+from biotune.training.trainer import FineTuner
 
 
 @pytest.fixture
@@ -85,8 +85,10 @@ def test_param_groups_by_name_skip_frozen():
     torch.optim.Adam(groups)
 
 
-def test_compiled_model_trains_like_eager_with_and_without_prefix_cache():
-    """``--compile``: torch.compile gives the same runs (here on CPU), bypassed prefix included."""
+def test_compiled_model_trains_like_eager_with_the_prefix_bypassed():
+    """``--compile``: torch.compile gives the same runs (here on CPU) with the frozen prefix bypassed,
+    the harder case (a run without a prefix compiles the same model whole; one case halves the
+    compile time of this, the suite's slowest test)."""
     pytest.importorskip("torch._inductor")
     import shutil
 
@@ -102,8 +104,8 @@ def test_compiled_model_trains_like_eager_with_and_without_prefix_cache():
         tuner = FineTuner(pm.model, blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
                           compile=compiled, cache_memory=2**30)
         n = len(blocks)
-        runs[compiled] = [tuner.run([0.0] * k + [1e-3] * (n - k), (x, y), (x, y), seed=1) for k in (0, n - 2)]
+        runs[compiled] = [tuner.run([0.0] * k + [1e-3] * (n - k), (x, y), (x, y), seed=1) for k in (n - 2,)]
     for eager, comp in zip(runs[False], runs[True]):
-        assert comp.prefix_depth == eager.prefix_depth
+        assert comp.prefix_depth == eager.prefix_depth == n - 2
         assert comp.val_accuracies == eager.val_accuracies
         assert comp.train_losses == pytest.approx(eager.train_losses, rel=1e-4)

@@ -10,11 +10,11 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from biotune.cli import main
+from biotune.compare.tuned import decay_grid, llrd_multipliers, lpft, lr_grid, tune
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from biotune.training.metrics import score
 from biotune.training.session import RunOutcome, Session
 from biotune.training.trainer import FineTuner
-from biotune.training.metrics import score
-from biotune.compare.tuned import decay_grid, llrd_multipliers, lpft, lr_grid, tune
 
 
 def test_ftlr_chooses_the_grid_value_with_the_best_mean_validation_accuracy():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -70,6 +71,29 @@ class _Serialisable:
 
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"2h"``, ``"45m"``, ``"1h30m"``, ``"90s"`` or a number of seconds → seconds.
+
+    Raises:
+        ValueError: not a positive duration.
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        parts = _DURATION.findall(s)
+        if not s or "".join(n + u for n, u in parts) != s or sum(1 for _, u in parts if not u) > (len(parts) == 1):
+            raise ValueError(f"not a duration: {text!r} (examples: 2h, 45m, 1h30m, 90s)")
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive, got {text!r}")
+    return seconds
 
 
 def parse_memory(text: str | int) -> int:
@@ -213,6 +237,11 @@ class SearchConfig(_Serialisable):
             whose gene then sets just its learning rate. A new head starts random, so a
             configuration that freezes it wastes its evaluation; the paper's genome space
             (``False``) lets it freeze.
+        warm_start: open the first batch of every strategy with a practitioner's baselines
+            inside the genome space (full fine-tuning at base LR x4.6 and x2.2, the last half
+            of the blocks at x4.6; at most a third of the batch; see
+            :data:`biotune.search.genome.WARM_START`), so the search starts from what a
+            practitioner would try. Off in the paper's protocol.
     """
 
     population: int = 10
@@ -225,6 +254,7 @@ class SearchConfig(_Serialisable):
     strategy: str = "tpe"
     top_k: int = 5
     train_head: bool = False
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -243,6 +273,8 @@ class SearchConfig(_Serialisable):
         _check_int("top_k", self.top_k, 1)
         if not isinstance(self.train_head, bool):
             raise TypeError(f"`train_head` must be a bool, got {self.train_head!r}")
+        if not isinstance(self.warm_start, bool):
+            raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
 
     @property
     def n_folds(self) -> int:
@@ -406,7 +438,7 @@ def resolve_image_size(image_size: int | str | None, dataset: str, model_size: i
 # protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"search": {"strategy": "memetic", "train_head": False}},
+    "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False}},
     "quick": {
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
         "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},

@@ -23,23 +23,24 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .models.artifact import MODEL_DIR, ModelCard, save_model_dir
-from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, resolve_image_size
-from .search.engines import make_engine
+from ._files import slug, write_json
+from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, parse_duration, resolve_image_size
 from .errors import BioTuneError, redact_url, scrub
-from .training.estimate import Estimate
-from .search.plan import estimate_search
-from .training.executor import make_executor
+from .models.artifact import MODEL_DIR, ModelCard, save_model_dir
+from .models.blocks import Block, partition_model
+from .search.engines import make_engine
+from .search.evolution import batch_sizes
 from .search.final import FinalResult, FinalRun, Selection, best_weights, select_final
 from .search.fitness import FitnessEvaluator
 from .search.genome import check_genome, decode
-from .models.blocks import Block, partition_model
-from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
-from ._files import slug, write_json
 from .search.loop import SearchListener, SearchResult, run_search
-from .training.session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
+from .search.plan import TimeBudget, estimate_search
+from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
 from .search.study import TrialStore, gene_names
+from .training.estimate import Estimate
+from .training.executor import make_executor
 from .training.groups import param_groups
+from .training.session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
 
 WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
 
@@ -151,6 +152,7 @@ def run(
     storage: str | None = None,
     runtime: RuntimeConfig | None = None,
     listener: SearchListener | None = None,
+    time_limit: str | float | None = None,
 ) -> RunResult:
     """Search, fine-tune the best configuration, and write the run directory.
 
@@ -163,6 +165,11 @@ def run(
         storage: an Optuna storage URL; default ``sqlite:///<run_dir>/study.db``.
         runtime: device and memory-format settings (not part of the result).
         listener: progress hooks.
+        time_limit: wall time for the whole call (``"2h"``, ``"45m"``, seconds): the search
+            asks no generation that, with the final phase, would not fit it (judged on the
+            plan's estimate, then on measured times; see :class:`~biotune.search.plan.TimeBudget`)
+            and finishes with the best it has. ``best.json`` records what stopped the search.
+            Machine-dependent: a resumed run gets a new limit from its own start.
 
     Returns:
         The search history, the final result and the ``best.json`` content.
@@ -176,13 +183,19 @@ def run(
         >>> result = run(cfg, run_dir="runs/demo")             # doctest: +SKIP
         >>> result.best["test_accuracy_mean"]                  # doctest: +SKIP
     """
+    start = time.perf_counter()
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
     listener = listener or SearchListener()
+    limit = _time_limit(time_limit)
     s = config.search
     spec = SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, runtime)
     session = Session.from_spec(spec)
-    listener.on_estimate(estimate_search(session, config, runtime))
+    estimate = estimate_search(session, config, runtime)
+    listener.on_estimate(estimate)
+    budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config), start=start)
+    if budget is not None:
+        logger.info(budget.line())
     path = _resolve_run_dir(run_dir, config, session.dataset_name)
     document = _config_document(config, session, runtime, path, storage)
     names = gene_names([b.name for b in session.blocks])
@@ -197,7 +210,21 @@ def run(
             stale.unlink(missing_ok=True)
         if not (path / "config.json").is_file():
             write_json(path / "config.json", document)
-        return _run_in(path, config, spec, session, store, runtime, listener)
+        return _run_in(path, config, spec, session, store, runtime, listener, budget)
+
+
+def _time_limit(value: str | float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as err:
+        raise BioTuneError(f"`time_limit`: {err}") from None
+
+
+def _generation_runs(config: RunConfig) -> tuple[int, ...]:
+    s = config.search
+    return tuple(b * s.seeds for b in batch_sizes(s.population, s.elites, s.generations))
 
 
 @dataclass(frozen=True)
@@ -208,20 +235,25 @@ class Plan:
         resolved: settings that depend on the data and model (image size and why, blocks,
             classes, split sizes, weights, device).
         estimate: the measured time estimate.
+        budget: the time limit judged on that estimate, when one is given.
     """
 
     resolved: dict[str, Any]
     estimate: Estimate
+    budget: TimeBudget | None = None
 
 
-def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = None) -> Plan:
-    """Resolve every setting of a search and estimate its time; writes nothing.
+def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = None,
+         time_limit: str | float | None = None) -> Plan:
+    """Resolve every setting of a search and estimate its time (and how much of it fits
+    ``time_limit``); writes nothing.
 
     Raises:
         BioTuneError: the same invalid inputs :func:`run` refuses.
     """
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
+    limit = _time_limit(time_limit)
     s = config.search
     session = Session.prepare(config.model, config.data, config.train, n_folds=s.n_folds, seed=s.seed, runtime=runtime)
     _, why = resolve_image_size(config.data.image_size, config.data.dataset, session.pretrained.input_size,
@@ -235,7 +267,9 @@ def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = Non
         "weights": session.pretrained.weights,
         "device": str(session.finetuner.device),
     }
-    return Plan(resolved, estimate_search(session, config, runtime))
+    estimate = estimate_search(session, config, runtime)
+    budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config))
+    return Plan(resolved, estimate, budget)
 
 
 def _open_store(url: str, path: Path, names, document) -> TrialStore:
@@ -264,16 +298,22 @@ def _config_document(config: RunConfig, session: Session, runtime: RuntimeConfig
     return document
 
 
-def _run_in(path, config, spec, session, store, runtime, listener) -> RunResult:
+def _run_in(path, config, spec, session, store, runtime, listener, budget=None) -> RunResult:
     s = config.search
     engine = make_engine(s.strategy, len(session.blocks), s, s.seed)
     with make_executor(runtime, spec, session) as executor:
         evaluator = FitnessEvaluator(
             executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.context
         )
-        result = run_search(engine, evaluator, store, listener=listener)
+        result = run_search(engine, evaluator, store, listener=listener, budget=budget)
         selection = _final(path, session, executor, config, result, listener)
         best = _best_document(session, config, result, selection)
+        best["search_stop"] = {
+            "stopped_by": result.stopped_by,
+            "generations_done": len(result.generations),
+            "generations_planned": len(_generation_runs(config)),
+            "time_limit_seconds": None if budget is None else budget.limit,
+        }
         best["model_dir"] = str(_deliver(path / MODEL_DIR, path / WEIGHTS_DIR, session, executor, config.train.lr,
                                          selection, listener, best["blocks"], strategy=s.strategy))
     write_json(path / "best.json", best)

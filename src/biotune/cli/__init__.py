@@ -11,9 +11,7 @@ import signal
 import sys
 from typing import Sequence
 
-
 from ..errors import BioTuneError, scrub
-
 from ._model import cmd_blocks, cmd_export, cmd_predict
 from ._options import build_parser
 from ._train import cmd_compare, cmd_finetune, cmd_search

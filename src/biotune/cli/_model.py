@@ -14,8 +14,8 @@ from ._options import parse_partition
 
 
 def cmd_blocks(args) -> int:
-    from ..models.build import build_model
     from ..models.blocks import partition_model
+    from ..models.build import build_model
 
     pm = build_model(args.model, args.num_classes, weights="random")
     blocks = partition_model(pm.model, args.granularity, partition=parse_partition(args.partition))

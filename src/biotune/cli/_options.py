@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-
 from .. import __version__
 from ..config import NATIVE, PRESETS, STRATEGIES, RunConfig, RuntimeConfig
 
-
-_PAPER = RunConfig()
+_PAPER = RunConfig().replace(**PRESETS["paper"])
 _QUICK = RunConfig().replace(**PRESETS["quick"])
 
 
@@ -121,6 +119,11 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="search only configurations that train the classifier head (a new, random head "
                         "that stays frozen wastes the run); the head's gene then sets just its learning "
                         f"rate; --no-train-head is the paper's genome space ({_both('search', 'train_head')})")
+    g.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="open the first batch of every strategy with a practitioner's baselines inside the genome "
+                        "space: full fine-tuning at base LR x4.6 and x2.2, the last half of the blocks at x4.6 "
+                        "(at most a third of the batch; chosen from the measured tuned-LR baseline); "
+                        f"--no-warm-start starts from the prior alone, as the paper ({_both('search', 'warm_start')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
@@ -158,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true",
                    help="print every resolved setting (and where it came from) and a measured time estimate, "
                         "then exit without training or writing anything")
+    g.add_argument("--time-limit", default=None, metavar="DURATION",
+                   help="wall time for the whole command, e.g. 2h, 45m, 1h30m: no generation is started that, "
+                        "with the final phase, would not fit (judged on the estimate, then on measured times); "
+                        "the search then finishes with the best it has and best.json says what stopped it "
+                        "(default: none, every generation runs)")
     _add_runtime_options(s)
 
     f = sub.add_parser("finetune", help="fine-tune with a saved configuration (best.json)",
@@ -299,7 +307,7 @@ def explicit_settings(args) -> dict[str, dict[str, object]]:
         "search": overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
                                     "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
                                     "seed": "seed", "top_k": "top_k", "strategy": "strategy",
-                                    "train_head": "train_head"}),
+                                    "train_head": "train_head", "warm_start": "warm_start"}),
     }
 
 
@@ -329,11 +337,13 @@ def settings_lines(args, config: RunConfig) -> list[str]:
 def print_plan(args, config: RunConfig, runtime: RuntimeConfig) -> None:
     from ..pipeline import plan
 
-    p = plan(config, runtime=runtime)
+    p = plan(config, runtime=runtime, time_limit=getattr(args, "time_limit", None))
     print(f"settings (preset {args.preset}):")
     print("\n".join(settings_lines(args, config)))
     print("resolved:")
     for k, v in p.resolved.items():
         print(f"  {k:20s} {v}")
     print("\n".join(p.estimate.lines()))
+    if p.budget is not None:
+        print(p.budget.line())
     print("dry run: nothing was trained or written")

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .._files import slug
 from ..config import DataConfig, TrainConfig
 from ..errors import BioTuneError, redact_url
 from ..search.report import block_table, format_block_table
-from .._files import slug
-
-from ._options import print_plan, runtime_config, search_config, settings_lines, train_overrides, overrides
+from ._options import overrides, print_plan, runtime_config, search_config, settings_lines, train_overrides
 from ._progress import Progress
 
+
 def cmd_search(args) -> int:
-    from ..search.evolution import batch_sizes
     from ..pipeline import run
+    from ..search.evolution import batch_sizes
 
     config = search_config(args)
     if args.dry_run:
@@ -30,7 +30,8 @@ def cmd_search(args) -> int:
     progress.set_epochs(config.train.epochs)
     runtime = runtime_config(args)
     try:
-        result = run(config, run_dir=args.run_dir, storage=args.storage, runtime=runtime, listener=progress)
+        result = run(config, run_dir=args.run_dir, storage=args.storage, runtime=runtime, listener=progress,
+                     time_limit=args.time_limit)
     finally:
         progress.close()
     best = result.best
@@ -54,6 +55,10 @@ def cmd_search(args) -> int:
     for failure in best["final_failures"]:
         print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
+    stop = best["search_stop"]
+    if stop["stopped_by"] != "generations done":
+        print(f"search stopped by                 : {stop['stopped_by']} after {stop['generations_done']} of "
+              f"{stop['generations_planned']} generations")
     study = "study.db" if args.storage is None else None
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png"
           f"{', ' + study if study else ''})")

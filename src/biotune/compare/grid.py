@@ -24,26 +24,26 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .baselines import BASELINES, baseline_plan, lora_model
+from .._files import atomic_write_bytes, slug
 from ..config import STRATEGIES, RunConfig, RuntimeConfig
-from ..search.engines import make_engine
 from ..errors import BioTuneError
-from ..training.estimate import Estimate, estimate_runs, measure_speed
-from ..search.plan import estimate_search
+from ..models.blocks import partition_model, trainable_percent
+from ..models.build import build_model
+from ..search.engines import make_engine
 from ..search.evolution import batch_sizes
-from ..training.executor import make_executor
 from ..search.final import select_final
 from ..search.fitness import FitnessEvaluator
-from ..models.build import build_model
-from ..models.blocks import partition_model, trainable_percent
-from .._files import atomic_write_bytes, slug
-from ..search.report import block_table, plot_convergence, plot_heatmap
-from .figures import plot_cost
 from ..search.loop import run_search
-from ..training.session import FINAL_SEEDS, SEARCH_SEEDS, Compute, RunRequest, Session, SessionSpec, training_seeds
+from ..search.plan import estimate_search
+from ..search.report import block_table, plot_convergence, plot_heatmap
 from ..search.study import TrialStore, gene_names
-from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
+from ..training.estimate import Estimate, estimate_runs, measure_speed
+from ..training.executor import make_executor
+from ..training.session import FINAL_SEEDS, SEARCH_SEEDS, Compute, RunRequest, Session, SessionSpec, training_seeds
 from ..training.trainer import FineTuner
+from .baselines import BASELINES, baseline_plan, lora_model
+from .figures import plot_cost
+from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
 from .tuned import TUNED, decay_grid, llrd_multipliers, lpft, lr_grid, tune
 
 __all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]

@@ -26,8 +26,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import BioTuneError
-from ..training.session import Compute, RunOutcome, RunRequest, Session
 from ..training.regime import Regime
+from ..training.session import Compute, RunOutcome, RunRequest, Session
 
 __all__ = ["TUNED", "Tuning", "lr_grid", "decay_grid", "llrd_multipliers", "tune", "lpft"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import NAMES, load_named
 from ..errors import BioTuneError
+from .catalog import NAMES, load_named
 from .readers import IMAGE_EXTENSIONS, ImageDataset, load_digits, read_folder, read_npz, require_per_class
 
 __all__ = [

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import load_model
 from ..errors import BioTuneError
+from .artifact import load_model
 
 __all__ = ["FORMATS", "ExportCheck", "export_model", "push_to_hub"]
 

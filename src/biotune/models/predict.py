@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from .._files import atomic_write_bytes
-from .artifact import LoadedModel, load_model
-from ..errors import BioTuneError
 from ..data.readers import IMAGE_EXTENSIONS, read_image
+from ..errors import BioTuneError
+from .artifact import LoadedModel, load_model
 
 __all__ = ["Inputs", "Predictions", "read_inputs", "predict", "write_predictions_csv"]
 

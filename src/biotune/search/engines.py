@@ -36,9 +36,9 @@ from .evolution import (
     perturb_variant,
     uniform_crossover,
 )
-from .genome import is_valid, random_genome
+from .genome import check_initial, is_valid, random_genome, warm_start_genomes
 
-__all__ = ["STRATEGIES", "RandomSearch", "TPESearch", "make_engine"]
+__all__ = ["STRATEGIES", "RandomSearch", "TPESearch", "make_engine", "warm_start"]
 
 _MAX_REDRAWS = 1000
 
@@ -46,9 +46,11 @@ _MAX_REDRAWS = 1000
 class _BatchSampler:
     """Shared bookkeeping of the sampling strategies: batches of given sizes, stats per batch."""
 
-    def __init__(self, n_blocks: int, batches: Sequence[int], head: bool = False) -> None:
+    def __init__(self, n_blocks: int, batches: Sequence[int], head: bool = False,
+                 initial: Sequence[np.ndarray] = ()) -> None:
         if not batches or any(int(b) < 1 for b in batches):
             raise BioTuneError(f"`batches` must be positive sizes, got {list(batches)}")
+        self.initial = check_initial(initial, n_blocks, batches[0], head=head)
         self.n_blocks = n_blocks
         self.head = head
         self.batches = tuple(int(b) for b in batches)
@@ -65,8 +67,11 @@ class _BatchSampler:
     def ask(self) -> list[Candidate]:
         if self._pending is None and not self.done:
             g = self.generation + 1
-            self._pending = [Candidate(tuple(float(x) for x in self._draw(g, i)), "sample", g, i)
-                             for i in range(self.batches[g])]
+            self._pending = [
+                Candidate(tuple(float(x) for x in self.initial[i]), "warm", g, i) if g == 0 and i < len(self.initial)
+                else Candidate(tuple(float(x) for x in self._draw(g, i)), "sample", g, i)
+                for i in range(self.batches[g])
+            ]
         return list(self._pending or [])
 
     def tell(self, fitnesses: Sequence[float]) -> GenerationStats:
@@ -104,8 +109,8 @@ class RandomSearch(_BatchSampler):
     """
 
     def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator,
-                 head: bool = False) -> None:
-        super().__init__(n_blocks, batches, head)
+                 head: bool = False, initial: Sequence[np.ndarray] = ()) -> None:
+        super().__init__(n_blocks, batches, head, initial)
         self.rng = rng
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
@@ -120,10 +125,10 @@ class TPESearch(_BatchSampler):
     """
 
     def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator, seed: int,
-                 head: bool = False) -> None:
+                 head: bool = False, initial: Sequence[np.ndarray] = ()) -> None:
         import optuna
 
-        super().__init__(n_blocks, batches, head)
+        super().__init__(n_blocks, batches, head, initial)
         self.rng = rng
         self._optuna = optuna
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
@@ -131,6 +136,15 @@ class TPESearch(_BatchSampler):
         self._names = [f"g{i:02d}" for i in range(n_blocks + 1)]
         self._space = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self._names}
         self._trials: list = []
+
+    def ask(self) -> list[Candidate]:
+        if self._pending is None and self.generation == -1:
+            # The warm start: enqueued and asked first (Optuna's queue is first in, first out), so
+            # the trials stay in slot order and TPE learns from these runs like any other.
+            for genome in self.initial:
+                self.study.enqueue_trial(dict(zip(self._names, genome)))
+                self._trials.append(self.study.ask(self._space))
+        return super().ask()
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
         if generation == 0:
@@ -153,8 +167,18 @@ class TPESearch(_BatchSampler):
         self._trials = []
 
 
+def warm_start(search: SearchConfig, n_blocks: int) -> list[tuple[str, np.ndarray]]:
+    """The named configurations that open the first batch of every strategy (none when
+    ``search.warm_start`` is off): a third of the first batch at most."""
+    if not search.warm_start:
+        return []
+    return warm_start_genomes(n_blocks, batch_sizes(search.population, search.elites, search.generations)[0] // 3)
+
+
 def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int):
     """The engine of ``strategy`` for a model of ``n_blocks`` blocks, seeded with ``seed``.
+
+    Every strategy's first batch opens with the same :func:`warm_start` configurations.
 
     Raises:
         BioTuneError: an unknown strategy.
@@ -162,18 +186,19 @@ def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int):
     rng = np.random.default_rng(seed)
     batches = batch_sizes(search.population, search.elites, search.generations)
     head = search.train_head
+    initial = [g for _, g in warm_start(search, n_blocks)]
     if strategy == "memetic":
         return MemeticEvolution(n_blocks, population_size=search.population, n_elites=search.elites,
-                                generations=search.generations, rng=rng, head=head)
+                                generations=search.generations, rng=rng, head=head, initial=initial)
     if strategy == "robust":
         newcomers = max(1, search.population // 4)
         return MemeticEvolution(
             n_blocks, population_size=search.population, n_elites=search.elites, generations=search.generations,
             rng=rng, crossover=uniform_crossover, mutation=gaussian_mutation, adoption=keep,
-            exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head,
+            exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head, initial=initial,
         )
     if strategy == "random":
-        return RandomSearch(n_blocks, batches, rng=rng, head=head)
+        return RandomSearch(n_blocks, batches, rng=rng, head=head, initial=initial)
     if strategy == "tpe":
-        return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head)
+        return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
     raise BioTuneError(f"unknown search strategy {strategy!r}; known: {', '.join(STRATEGIES)}")

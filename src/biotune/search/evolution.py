@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import BioTuneError
-from .genome import decode, random_genome, repair, trainable_mask
+from .genome import check_initial, decode, random_genome, repair, trainable_mask
 
 __all__ = [
     "Candidate",
@@ -68,7 +68,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("init", "elite", "exploit", "offspring", "newcomer", "sample")
+ROLES = ("init", "warm", "elite", "exploit", "offspring", "newcomer", "sample")
 EXPLOIT_SCALE = 0.25
 
 
@@ -280,6 +280,7 @@ class MemeticEvolution:
         newcomers: int = 0,
         survival: str = "elitist",
         head: bool = False,
+        initial: Sequence[np.ndarray] = (),
     ) -> None:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"`rng` must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -308,6 +309,7 @@ class MemeticEvolution:
             raise BioTuneError(f"`newcomers` must be in [0, {self.n_offspring}], got {newcomers}")
         self.newcomers = newcomers
         self.head = head
+        self.initial = check_initial(initial, n_blocks, population_size, head=head)
         self.generation = -1  # last finished generation
         self.population = np.empty((0, n_blocks + 1))
         self.fitness = np.empty(0)
@@ -329,8 +331,10 @@ class MemeticEvolution:
             return []
         g = self.generation + 1
         if g == 0:
-            genomes = [random_genome(self.rng, self.n_blocks, head=self.head) for _ in range(self.population_size)]
-            batch = [Candidate(tuple(x), "init", 0, i) for i, x in enumerate(genomes)]
+            genomes = list(self.initial) + [random_genome(self.rng, self.n_blocks, head=self.head)
+                                            for _ in range(self.population_size - len(self.initial))]
+            batch = [Candidate(tuple(float(v) for v in x), "warm" if i < len(self.initial) else "init", 0, i)
+                     for i, x in enumerate(genomes)]
             momentum = np.zeros((self.population_size, self.n_blocks + 1))
         else:
             batch, momentum = self._breed_generation(g)

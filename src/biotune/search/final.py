@@ -18,10 +18,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BioTuneError
-from ..training.executor import Executor
-from .genome import decode
 from ..models.blocks import Block, trainable_percent
+from ..training.executor import Executor
 from ..training.session import Compute, RunOutcome, RunRequest
+from .genome import decode
 
 __all__ = ["FinalRun", "FinalResult", "Selection", "select_final", "best_weights", "weights_name", "mean_and_se"]
 

@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from ..training.executor import Executor, OnEpoch
-from .genome import decode
 from ..training.session import Compute, RunOutcome, RunRequest
+from .genome import decode
 
 __all__ = ["Evaluation", "FitnessEvaluator", "fitness_from_accuracies", "replicate_seeds", "WORST_FITNESS"]
 

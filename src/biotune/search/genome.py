@@ -14,6 +14,11 @@ import numpy as np
 from ..errors import BioTuneError
 
 __all__ = [
+    "gene_for",
+    "baseline_genome",
+    "warm_start_genomes",
+    "WARM_START",
+    "check_initial",
     "Decoded",
     "importance_weights",
     "trainable_mask",
@@ -163,3 +168,56 @@ def random_genome(rng: np.random.Generator, n_blocks: int, *, head: bool = False
 def full_finetune_genome(n_blocks: int) -> np.ndarray:
     """The genome of plain full fine-tuning: every block trainable at multiplier 1."""
     return np.concatenate([np.full(n_blocks, 0.5), [0.0]])
+
+
+def gene_for(multiplier: float) -> float:
+    """The gene whose importance weight is ``multiplier`` (the inverse of W = 10^(2(ν − 0.5)))."""
+    if not 0.1 <= multiplier <= 10.0:
+        raise BioTuneError(f"`multiplier` must be in [0.1, 10] (the genome's range), got {multiplier}")
+    return 0.5 + float(np.log10(multiplier)) / 2.0
+
+
+def baseline_genome(n_blocks: int, multiplier: float, *, last: int | None = None) -> np.ndarray:
+    """The genome of a practitioner's baseline inside the genome space: the last ``last`` blocks
+    (all of them when None: full fine-tuning) trainable at base LR × ``multiplier``, the others
+    frozen (gene 0, threshold half way up)."""
+    g = gene_for(multiplier)
+    last = n_blocks if last is None else last
+    if not 1 <= last <= n_blocks:
+        raise BioTuneError(f"`last` must be in [1, {n_blocks}], got {last}")
+    genes = np.zeros(n_blocks)
+    genes[n_blocks - last:] = g
+    return np.concatenate([genes, [0.0 if last == n_blocks else g / 2]])
+
+
+# The warm start's portfolio, best first: what a practitioner would try, inside the genome
+# space. Chosen from the measured tuned-LR baseline (benchmarks/results/reproduction, `ftlr`):
+# over 4 datasets x 3 runs its validation chose base LR x4.6 (4.6e-3) 9 times and x2.2 the
+# other 3 (of 1e-4 ... 1e-2); the third entry keeps x4.6 but freezes the first half of the
+# blocks (what a practitioner tries next on a small dataset).
+WARM_START: tuple[tuple[str, float, float | None], ...] = (
+    ("FT x4.6", 10 ** (2 / 3), None),
+    ("FT x2.2", 10 ** (1 / 3), None),
+    ("last half x4.6", 10 ** (2 / 3), 0.5),
+)
+
+
+def warm_start_genomes(n_blocks: int, count: int) -> list[tuple[str, np.ndarray]]:
+    """The first ``count`` configurations of :data:`WARM_START`, named, for a model of ``n_blocks``."""
+    out = []
+    for name, multiplier, share in WARM_START[: max(0, count)]:
+        last = None if share is None else max(1, int(round(n_blocks * share)))
+        out.append((name, baseline_genome(n_blocks, multiplier, last=last)))
+    return out
+
+
+def check_initial(initial, n_blocks: int, first_batch: int, *, head: bool = False) -> tuple[np.ndarray, ...]:
+    """Validate the genomes that open the first batch (the warm start): valid, and at most a third of it."""
+    initial = tuple(np.asarray(g, dtype=float) for g in initial)
+    if len(initial) > first_batch // 3:
+        raise BioTuneError(f"the warm start may fill at most a third of the first batch ({first_batch // 3} of "
+                           f"{first_batch}), got {len(initial)} configurations")
+    for g in initial:
+        if g.shape != (n_blocks + 1,) or not is_valid(g, head=head):
+            raise BioTuneError(f"a warm-start genome must be a valid genome of {n_blocks + 1} genes, got {g.tolist()}")
+    return initial

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BioTuneError
+from ..training.session import Compute
 from .evolution import Candidate, GenerationStats
 from .fitness import Evaluation, FitnessEvaluator
 from .genome import decode
-from ..training.session import Compute
+from .plan import TimeBudget
 from .study import TrialStore
 
 __all__ = ["EvaluationRecord", "RankedConfiguration", "SearchResult", "SearchListener", "run_search"]
@@ -76,12 +77,15 @@ class SearchResult:
         history: every evaluation in order.
         generations: population statistics after each generation (0 = initial).
         seconds: wall time of this process's part of the search.
+        stopped_by: ``"generations done"``, or ``"time limit"`` when a :class:`TimeBudget`
+            stopped it before its last generation.
     """
 
     ranking: tuple[RankedConfiguration, ...]
     history: tuple[EvaluationRecord, ...]
     generations: tuple[GenerationStats, ...]
     seconds: float
+    stopped_by: str = "generations done"
 
     @property
     def best_genes(self) -> tuple[float, ...]:
@@ -143,11 +147,14 @@ def run_search(
     store: TrialStore,
     *,
     listener: SearchListener | None = None,
+    budget: TimeBudget | None = None,
 ) -> SearchResult:
     """Drive ``engine`` to its last generation, evaluating each batch and recording it.
 
     Generation g trains on fold ``g mod n_folds``. Evaluations already in ``store`` are
-    read back (resume); a configuration asked twice in a batch is trained once.
+    read back (resume); a configuration asked twice in a batch is trained once. With a
+    ``budget``, a generation that (with the final phase) would not fit the time limit is not
+    asked: the search ends with what it has.
     """
     listener = listener or SearchListener()
     n_folds = evaluator.n_folds
@@ -157,7 +164,15 @@ def run_search(
     start = time.perf_counter()
     history: list[EvaluationRecord] = []
     seen: dict[tuple, tuple[float, ...]] = {}  # configuration -> first genome asked
+    stopped_by = "generations done"
+    asked = 0
     while not engine.done:
+        if budget is not None and not budget.allows(asked):
+            stopped_by = "time limit"
+            logger.warning("time limit: generation %d and the final phase would not fit; the search stops after "
+                           "%d generation(s)", asked, asked)
+            break
+        generation_start = time.perf_counter()
         batch = engine.ask()
         g = batch[0].generation
         fold = g % n_folds
@@ -171,6 +186,9 @@ def run_search(
                 g, record.candidate.slot, record.candidate.role, fold, record.evaluation.fitness, record.source,
             )
         stats = engine.tell([evaluator.estimate(c.array)[0] for c in batch])
+        if budget is not None and any(r.source == "trained" for r in records):  # read-back generations are instant
+            budget.observe(asked, time.perf_counter() - generation_start)
+        asked += 1
         listener.on_generation_end(stats)
     ranking = []
     for genes in seen.values():
@@ -182,6 +200,7 @@ def run_search(
         history=tuple(history),
         generations=tuple(engine.history),
         seconds=time.perf_counter() - start,
+        stopped_by=stopped_by,
     )
 
 

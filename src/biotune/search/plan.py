@@ -1,16 +1,20 @@
 """A search's plan and its time estimate: the evaluations its strategy makes per generation,
 the runs of its final phase, scaled from a measured training speed (see
-:mod:`biotune.training.estimate`)."""
+:mod:`biotune.training.estimate`); and the time limit that stops a search on that estimate.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 from ..config import RunConfig, RuntimeConfig
-from ..training.estimate import Estimate, Speed, estimate_runs, measure_speed
+from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
 from ..training.session import Session
 from .evolution import batch_sizes
 
-__all__ = ["estimate_search"]
+__all__ = ["estimate_search", "TimeBudget"]
 
 
 def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig, speed: Speed | None = None,
@@ -32,3 +36,69 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
         evaluations=evaluations, search_batches=[b * s.seeds for b in batches],
         search_runs=evaluations * s.seeds, search_train_images=fold,
     )
+
+
+@dataclass
+class TimeBudget:
+    """A wall-time limit for a search and its final phase, judged on the plan's estimate.
+
+    Before each generation after the first, the search asks :meth:`allows`: the next
+    generation (its runs in whole rounds of the executor's workers) plus the final phase
+    must fit in what is left, or the search stops and finishes with the best it has. A
+    round's length is the estimate's until a generation has run, then the slowest round
+    measured so far; the final phase is the estimate's full budget (every run to its last
+    epoch) scaled by how the measured rounds compare with the estimated ones, never below
+    the estimate's earliest stop. The first generation always runs.
+
+    Args:
+        limit: seconds for the search and its final phase, from ``start``.
+        estimate: the plan (:func:`estimate_search`) of the same search and executor.
+        generation_runs: training runs of each generation (evaluations × seeds).
+        start: ``time.perf_counter()`` when the limit began.
+    """
+
+    limit: float
+    estimate: Estimate
+    generation_runs: tuple[int, ...]
+    start: float = field(default_factory=time.perf_counter)
+    observed_round: float = 0.0
+    stopped_at: int | None = None
+
+    def observe(self, generation: int, seconds: float) -> None:
+        """Record how long ``generation`` took (its rounds, measured)."""
+        n = rounds(self.generation_runs[generation], self.estimate.workers)
+        if n:
+            self.observed_round = max(self.observed_round, seconds / n)
+
+    def _final(self) -> float:
+        low, high = self.estimate.final_seconds
+        estimated_round = self.estimate.round_seconds[1]
+        if not self.observed_round or not estimated_round:
+            return high
+        return max(low, min(high, high * self.observed_round / estimated_round))
+
+    def allows(self, generation: int) -> bool:
+        """Whether ``generation`` and the final phase still fit; remembers the first refusal."""
+        if generation == 0 or generation >= len(self.generation_runs):
+            return True
+        round_seconds = self.observed_round or self.estimate.round_seconds[1]
+        needed = rounds(self.generation_runs[generation], self.estimate.workers) * round_seconds + self._final()
+        fits = time.perf_counter() - self.start + needed <= self.limit
+        if not fits and self.stopped_at is None:
+            self.stopped_at = generation
+        return fits
+
+    def fitting_generations(self) -> int:
+        """Generations that fit the limit by the estimate alone (for the plan)."""
+        used, n = self.estimate.final_seconds[1], 0
+        for runs in self.generation_runs:
+            used += rounds(runs, self.estimate.workers) * self.estimate.round_seconds[1]
+            if n and used > self.limit:
+                break
+            n += 1
+        return n
+
+    def line(self) -> str:
+        return (f"time limit: {format_seconds(self.limit)} for the search and its final phase: by the estimate "
+                f"{self.fitting_generations()} of {len(self.generation_runs)} generations fit (pessimistic: every "
+                "run to its last epoch; the search re-judges after each generation on measured times)")

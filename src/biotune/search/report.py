@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._files import atomic_write_bytes, save_figure
-from .genome import decode
 from ..models.blocks import Block
+from .genome import decode
 
 __all__ = [
     "block_table",

@@ -48,6 +48,8 @@ class Estimate:
         workers: runs trained at once.
         search_rounds, final_rounds: rounds of ``workers`` runs the search and the final
             phase take (a generation waits for its last run).
+        round_seconds: (low, high) seconds of one round of search runs.
+        final_seconds: (low, high) seconds of the whole final phase.
     """
 
     evaluations: int
@@ -61,6 +63,8 @@ class Estimate:
     workers: int = 1
     search_rounds: int = 0
     final_rounds: int = 0
+    round_seconds: tuple[float, float] = (0.0, 0.0)
+    final_seconds: tuple[float, float] = (0.0, 0.0)
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
@@ -182,9 +186,11 @@ def estimate_runs(speed: Speed, *, runs: int, train_images: int, val_images: int
     search_rounds = sum(rounds(b, workers) for b in batches if b)
     final_rounds = rounds(runs, workers)
     early = min(epochs, patience + 1)
-    low = (search_rounds * _run_seconds(speed, search_train_images, val_images, early)
-           + final_rounds * _run_seconds(speed, train_images, val_images, early, test_images))
-    high = (search_rounds * _run_seconds(speed, search_train_images, val_images, epochs)
-            + final_rounds * _run_seconds(speed, train_images, val_images, epochs, test_images))
+    round_seconds = (_run_seconds(speed, search_train_images, val_images, early),
+                     _run_seconds(speed, search_train_images, val_images, epochs))
+    final_seconds = (final_rounds * _run_seconds(speed, train_images, val_images, early, test_images),
+                     final_rounds * _run_seconds(speed, train_images, val_images, epochs, test_images))
+    low = search_rounds * round_seconds[0] + final_seconds[0]
+    high = search_rounds * round_seconds[1] + final_seconds[1]
     return Estimate(evaluations, search_runs, runs, epochs, patience, low, high, speed, workers,
-                    search_rounds, final_rounds)
+                    search_rounds, final_rounds, round_seconds, final_seconds)

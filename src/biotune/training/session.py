@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._files import slug
 from ..config import (
     DEMO_DATASET,
     NATIVE,
@@ -31,9 +32,8 @@ from ..data.dataset import ImageDataset, SplitData, load_dataset, preprocess, sp
 from ..errors import BioTuneError
 from ..models.blocks import Block, partition_model
 from ..models.build import PretrainedModel, build_model, default_input_size, save_state_dict_file
-from .._files import slug
-from .trainer import FineTuner
 from .regime import Regime
+from .trainer import FineTuner
 
 __all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "Compute", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
 
