@@ -226,9 +226,11 @@ def test_storage_password_is_never_written_logged_or_printed(tmp_path, monkeypat
     secret = "pw-Zq81-secret"
     url = f"postgresql://alice:{secret}@db.example:5432/biotune"
     backing = f"sqlite:///{tmp_path / 'backing.db'}"
-    create = optuna.create_study
+    from biotune.search.study import with_driver
+
+    create = optuna.create_study  # the URL reaches Optuna with its driver named (postgresql+psycopg://)
     monkeypatch.setattr(optuna, "create_study", lambda *a, storage=None, **k: create(
-        *a, storage=backing if storage == url else storage, **k))
+        *a, storage=backing if storage in (url, with_driver(url)) else storage, **k))
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.DEBUG):
         code = main([*ARGS, "--generations", "0", "--final-runs", "1", "--run-dir", str(run_dir), "--storage", url, "-vv"])
