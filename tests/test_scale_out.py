@@ -253,3 +253,20 @@ def test_private_instance_whatever_cluster_the_machine_had(engines, current_clus
 
     current_cluster_file.write_text(f"127.0.0.1:{free_port()}")  # left stale by a crash
     assert _private_instance_address(spec) not in ("", cluster.address)
+
+
+def test_the_estimate_prices_the_priors_frozen_prefixes():
+    """The prior's share of runs with d leading frozen blocks (the closed form: (n+1) / (n (d+1) (d+2)))
+    weighs the per-depth step times, so a search's runs are priced below full fine-tuning."""
+    from biotune.search.genome import leading_frozen_distribution
+
+    n = 7
+    shares = leading_frozen_distribution(n)
+    for d in range(n):
+        assert shares[d] == pytest.approx((n + 1) / (n * (d + 1) * (d + 2)), abs=0.015)
+    assert set(leading_frozen_distribution(n, head=True)) <= set(range(n))
+    speed = Speed(train=0.01, eval=0.0, device="cpu", search_train=0.004)
+    priced = estimate_runs(speed, runs=0, train_images=0, val_images=0, test_images=0, epochs=1, patience=1,
+                           search_runs=1, search_train_images=100)
+    assert priced.high == pytest.approx(0.4)  # 100 images at the prior's mean, not at full fine-tuning's 1.0 s
+    assert Speed(train=0.01, eval=0.0, device="cpu").run_train == 0.01  # not measured: priced as full FT

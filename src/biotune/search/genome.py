@@ -19,6 +19,7 @@ __all__ = [
     "warm_start_genomes",
     "WARM_START",
     "check_initial",
+    "leading_frozen_distribution",
     "Decoded",
     "importance_weights",
     "trainable_mask",
@@ -221,3 +222,16 @@ def check_initial(initial, n_blocks: int, first_batch: int, *, head: bool = Fals
         if g.shape != (n_blocks + 1,) or not is_valid(g, head=head):
             raise BioTuneError(f"a warm-start genome must be a valid genome of {n_blocks + 1} genes, got {g.tolist()}")
     return initial
+
+
+def leading_frozen_distribution(n_blocks: int, *, head: bool = False, draws: int = 4000) -> dict[int, float]:
+    """Share of the prior's genomes (:func:`random_genome`) whose first ``d`` blocks are frozen,
+    ``{d: share}``: what a search's runs cost depends on it (a frozen prefix is read from the
+    cache and gets no backward pass). Drawn with a fixed generator, so always the same."""
+    rng = np.random.default_rng(0)
+    counts: dict[int, int] = {}
+    for _ in range(draws):
+        mask = trainable_mask(random_genome(rng, n_blocks, head=head))
+        depth = int(np.argmax(mask))
+        counts[depth] = counts.get(depth, 0) + 1
+    return {d: c / draws for d, c in sorted(counts.items())}

@@ -5,6 +5,8 @@ the runs of its final phase, scaled from a measured training speed (see
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +15,7 @@ from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, 
 from ..training.executor import parallel_runs, run_threads
 from ..training.session import Session
 from .evolution import batch_sizes
+from .genome import leading_frozen_distribution
 
 __all__ = ["estimate_search", "TimeBudget"]
 
@@ -23,7 +26,15 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     on ``workers`` runs at once (default: what the runtime's executor really runs at once)."""
     device = str(session.finetuner.device)
     workers = parallel_runs(runtime, device) if workers is None else workers
-    speed = speed or measure_speed(session, runtime, threads=run_threads(runtime, device))
+    threads = run_threads(runtime, device)
+    speed = speed or measure_speed(session, runtime, threads=threads,
+                                   leading_frozen=leading_frozen_distribution(len(session.blocks),
+                                                                              head=config.search.train_head))
+    local_cpu = device == "cpu" and not (runtime.executor == "ray" and runtime.ray_address)
+    if local_cpu and workers > 1:  # more runs at once than this machine has cores: each runs slower
+        share = max(1.0, workers * (threads or 1) / (os.cpu_count() or 1))
+        speed = dataclasses.replace(speed, train=speed.train * share, eval=speed.eval * share,
+                                    search_train=speed.search_train * share)
     s, t = config.search, config.train
     batches = batch_sizes(s.population, s.elites, s.generations)
     evaluations = sum(batches)

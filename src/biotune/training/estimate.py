@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import RuntimeConfig
+from .prefix import bypass
 from .session import Session
 
 __all__ = ["Speed", "Estimate", "measure_speed", "estimate_runs", "LONG_ON_CPU", "format_seconds", "rounds"]
@@ -28,11 +29,26 @@ LONG_ON_CPU = 3600.0  # seconds: past this a CPU run gets advice on how to cut i
 
 @dataclass(frozen=True)
 class Speed:
-    """Measured seconds per training image (forward, backward, Adam step) and per evaluated image."""
+    """Measured seconds per training image (forward, backward, Adam step) and per evaluated image.
+
+    Attributes:
+        train: full fine-tuning (every block trains).
+        eval: evaluation.
+        device: where it was measured.
+        search_train: a run of the search's prior (each gene U[0, 1]) on average: its leading
+            frozen blocks are read from the frozen-prefix cache and get no backward pass, so
+            most runs cost less than full fine-tuning (0: not measured, priced as ``train``).
+    """
 
     train: float
     eval: float
     device: str
+    search_train: float = 0.0
+
+    @property
+    def run_train(self) -> float:
+        """Seconds per training image of a searched configuration (the prior's mean)."""
+        return self.search_train or self.train
 
 
 @dataclass(frozen=True)
@@ -103,24 +119,27 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def measure_speed(session: Session, runtime: RuntimeConfig, *, steps: int = 3, threads: int | None = None) -> Speed:
+def measure_speed(session: Session, runtime: RuntimeConfig, *, steps: int = 3, threads: int | None = None,
+                  leading_frozen: dict[int, float] | None = None) -> Speed:
     """Time ``steps`` training steps of full fine-tuning and one evaluation batch, after a warm-up.
 
     Works on a copy of the session's model, so the session is left as it was. Full
     fine-tuning is the dearest step a run can take: every block trains. ``threads``: the
     intra-op threads each run of the executor gets (a worker with 1 thread is slower than
-    this process with all of them).
+    this process with all of them). ``leading_frozen``: the share of a search's runs with d
+    leading frozen blocks (its prior, from the search); given, the mean cost of such runs is
+    timed too (:attr:`Speed.search_train`).
     """
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(session, runtime, steps)
+        return _measure(session, runtime, steps, leading_frozen)
     finally:
         torch.set_num_threads(previous)
 
 
-def _measure(session: Session, runtime: RuntimeConfig, steps: int) -> Speed:
+def _measure(session: Session, runtime: RuntimeConfig, steps: int, leading_frozen: dict[int, float] | None) -> Speed:
     tuner = session.finetuner
     model = copy.deepcopy(tuner.model).train()
     device = tuner.device
@@ -160,11 +179,63 @@ def _measure(session: Session, runtime: RuntimeConfig, steps: int) -> Speed:
         model(xv)
         sync()
     evaluate = (time.perf_counter() - start) / eval_batch
-    return Speed(train, evaluate, device.type)
+    search_train = (_prior_train(session, model, xb, yb, loss_fn, autocast, sync, train, leading_frozen)
+                    if leading_frozen else 0.0)
+    return Speed(train, evaluate, device.type, search_train)
+
+
+_PRIOR_MASS = 0.95  # depths are timed, most likely first, until they cover this much of the prior
+
+
+def _prior_train(session: Session, model: nn.Module, xb, yb, loss_fn, autocast, sync, full: float,
+                 distribution: dict[int, float]) -> float:
+    """Mean seconds per training image over the prior's configurations, by their leading frozen
+    blocks: each depth is timed as a run trains it (the prefix's cached output as input, no
+    gradients below it); the remaining mass of the prior gets the deepest depth timed.
+
+    Runs with frozen blocks after a trainable one are timed as their leading depth (their
+    weight gradients are few; the backward pass still runs through them).
+    """
+    tuner = session.finetuner
+    blocks = session.blocks
+    times: dict[int, float] = {0: full}
+    covered = distribution.get(0, 0.0)
+    params = dict(model.named_parameters())
+    for depth, mass in sorted(distribution.items(), key=lambda kv: -kv[1]):
+        if covered >= _PRIOR_MASS:
+            break
+        if depth in times:
+            continue
+        mask = [b >= depth for b in range(len(blocks))]
+        cut = tuner.cache.cut_for(mask, xb)
+        with torch.no_grad():
+            inputs = tuner.cache.output(cut, xb).detach() if cut is not None else xb
+        for block, trainable in zip(blocks, mask):
+            for name in block.param_names:
+                params[name].requires_grad_(trainable)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        model.train()
+        with bypass(model, cut):
+            def step() -> None:
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = loss_fn(model(inputs), yb)
+                loss.backward()
+                optimizer.step()
+
+            step()  # warm-up
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[depth] = (time.perf_counter() - start) / len(xb)
+        covered += mass
+    deepest = times[max(times)]
+    return sum(mass * times.get(depth, deepest) for depth, mass in distribution.items())
 
 
 def _run_seconds(speed: Speed, train_images: int, val_images: int, epochs: int, test_images: int = 0) -> float:
-    return epochs * (train_images * speed.train + val_images * speed.eval) + test_images * speed.eval
+    return epochs * (train_images * speed.run_train + val_images * speed.eval) + test_images * speed.eval
 
 
 def rounds(runs: int, workers: int) -> int:

@@ -248,6 +248,10 @@ class PrefixCache:
                 return cut
         return None
 
+    def output(self, cut: Cut, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The prefix's output for ``x``, computed now and not kept (e.g. to time a step)."""
+        return self._compute(cut, x, batch_size)
+
     def features(self, cut: Cut, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor | None:
         """The cached input of ``cut.entry`` for the images ``x``; None when over the budget.
 
