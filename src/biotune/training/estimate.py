@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import RuntimeConfig
+from .groups import set_trainable
 from .prefix import bypass
 from .session import Session
 
@@ -157,20 +158,7 @@ def _measure(session: Session, runtime: RuntimeConfig, steps: int, leading_froze
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-
-    train_step()  # warm-up: allocation, kernel selection
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step()
-    sync()
-    train = (time.perf_counter() - start) / (steps * batch)
+    train = _seconds_per_image(model, xb, yb, optimizer, loss_fn, autocast, sync, steps)
     model.eval()
     with torch.no_grad(), autocast:
         model(xv)
@@ -182,6 +170,25 @@ def _measure(session: Session, runtime: RuntimeConfig, steps: int, leading_froze
     search_train = (_prior_train(session, model, xb, yb, loss_fn, autocast, sync, train, leading_frozen)
                     if leading_frozen else 0.0)
     return Speed(train, evaluate, device.type, search_train)
+
+
+def _seconds_per_image(model: nn.Module, x, y, optimizer, loss_fn, autocast, sync, steps: int) -> float:
+    """Seconds per image of ``steps`` training steps on the batch ``(x, y)``, after one warm-up
+    step (allocation, kernel selection)."""
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - start) / (steps * len(x))
 
 
 _PRIOR_MASS = 0.95  # depths are timed, most likely first, until they cover this much of the prior
@@ -200,7 +207,6 @@ def _prior_train(session: Session, model: nn.Module, xb, yb, loss_fn, autocast, 
     blocks = session.blocks
     times: dict[int, float] = {0: full}
     covered = distribution.get(0, 0.0)
-    params = dict(model.named_parameters())
     for depth, mass in sorted(distribution.items(), key=lambda kv: -kv[1]):
         if covered >= _PRIOR_MASS:
             break
@@ -210,25 +216,10 @@ def _prior_train(session: Session, model: nn.Module, xb, yb, loss_fn, autocast, 
         cut = tuner.cache.cut_for(mask, xb)
         with torch.no_grad():
             inputs = tuner.cache.output(cut, xb).detach() if cut is not None else xb
-        for block, trainable in zip(blocks, mask):
-            for name in block.param_names:
-                params[name].requires_grad_(trainable)
+        set_trainable(model, blocks, mask)  # as a run sets it: no gradients, eval mode below the depth
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        model.train()
         with bypass(model, cut):
-            def step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    loss = loss_fn(model(inputs), yb)
-                loss.backward()
-                optimizer.step()
-
-            step()  # warm-up
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times[depth] = (time.perf_counter() - start) / len(xb)
+            times[depth] = _seconds_per_image(model, inputs, yb, optimizer, loss_fn, autocast, sync, 1)
         covered += mass
     deepest = times[max(times)]
     return sum(mass * times.get(depth, deepest) for depth, mass in distribution.items())
