@@ -25,12 +25,14 @@ __all__ = [
     "PRESETS",
     "GRANULARITIES",
     "STRATEGIES",
+    "PRUNERS",
     "EXECUTORS",
     "resolve_image_size",
 ]
 
 GRANULARITIES = ("stage", "block")
 STRATEGIES = ("robust", "memetic", "random", "tpe")  # search strategies (see biotune.search.engines)
+PRUNERS = ("none", "median", "successive-halving", "hyperband")  # see biotune.search.pruning
 
 
 def _check_int(name: str, value: Any, low: int, high: float = math.inf) -> None:
@@ -242,6 +244,10 @@ class SearchConfig(_Serialisable):
             of the blocks at x4.6; at most a third of the batch; see
             :data:`biotune.search.genome.WARM_START`), so the search starts from what a
             practitioner would try. Off in the paper's protocol.
+        pruner: multi-fidelity evaluations: ``"none"`` trains every search run to its budget;
+            ``"median"``, ``"successive-halving"`` or ``"hyperband"`` let Optuna's pruner of that
+            name stop a run whose validation curve is poor, against the earlier generations'
+            (see :mod:`biotune.search.pruning`). Off in the paper's protocol.
     """
 
     population: int = 10
@@ -255,6 +261,7 @@ class SearchConfig(_Serialisable):
     top_k: int = 5
     train_head: bool = False
     warm_start: bool = True
+    pruner: str = "successive-halving"
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -275,6 +282,8 @@ class SearchConfig(_Serialisable):
             raise TypeError(f"`train_head` must be a bool, got {self.train_head!r}")
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
+        if self.pruner not in PRUNERS:
+            raise BioTuneError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
 
     @property
     def n_folds(self) -> int:
@@ -438,7 +447,7 @@ def resolve_image_size(image_size: int | str | None, dataset: str, model_size: i
 # protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False}},
+    "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False, "pruner": "none"}},
     "quick": {
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
         "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},

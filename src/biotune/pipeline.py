@@ -34,6 +34,7 @@ from .search.final import FinalResult, FinalRun, Selection, best_weights, select
 from .search.fitness import FitnessEvaluator
 from .search.genome import check_genome, decode
 from .search.loop import SearchListener, SearchResult, run_search
+from .search.pruning import Pruner
 from .search.plan import TimeBudget, estimate_search
 from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
 from .search.study import TrialStore, gene_names
@@ -305,7 +306,8 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
         evaluator = FitnessEvaluator(
             executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.context
         )
-        result = run_search(engine, evaluator, store, listener=listener, budget=budget)
+        result = run_search(engine, evaluator, store, listener=listener, budget=budget,
+                            pruner=Pruner(s.pruner, config.train.epochs))
         selection = _final(path, session, executor, config, result, listener)
         best = _best_document(session, config, result, selection)
         best["search_stop"] = {
@@ -313,6 +315,9 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
             "generations_done": len(result.generations),
             "generations_planned": len(_generation_runs(config)),
             "time_limit_seconds": None if budget is None else budget.limit,
+            "pruner": s.pruner,
+            "evaluations_pruned": result.pruned,
+            "evaluations": sum(1 for r in result.history if r.source != "memo"),
         }
         best["model_dir"] = str(_deliver(path / MODEL_DIR, path / WEIGHTS_DIR, session, executor, config.train.lr,
                                          selection, listener, best["blocks"], strategy=s.strategy))

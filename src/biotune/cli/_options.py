@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import NATIVE, PRESETS, STRATEGIES, RunConfig, RuntimeConfig
+from ..config import NATIVE, PRESETS, PRUNERS, STRATEGIES, RunConfig, RuntimeConfig
 
 _PAPER = RunConfig().replace(**PRESETS["paper"])
 _QUICK = RunConfig().replace(**PRESETS["quick"])
@@ -124,6 +124,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "space: full fine-tuning at base LR x4.6 and x2.2, the last half of the blocks at x4.6 "
                         "(at most a third of the batch; chosen from the measured tuned-LR baseline); "
                         f"--no-warm-start starts from the prior alone, as the paper ({_both('search', 'warm_start')})")
+    g.add_argument("--pruner", choices=PRUNERS, default=None,
+                   help="stop search runs whose validation curve is poor (Optuna's pruner of that name, against "
+                        "the earlier generations' curves; the first generation is never pruned): "
+                        "'successive-halving' keeps the best third at epochs 1, 3, 9, ...; 'median' stops a "
+                        "run below the median; 'hyperband' hedges over several such schedules; 'none' trains "
+                        "every run to its budget, as the paper. A pruned run keeps the accuracy it reached "
+                        f"({_both('search', 'pruner')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
@@ -307,7 +314,8 @@ def explicit_settings(args) -> dict[str, dict[str, object]]:
         "search": overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
                                     "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
                                     "seed": "seed", "top_k": "top_k", "strategy": "strategy",
-                                    "train_head": "train_head", "warm_start": "warm_start"}),
+                                    "train_head": "train_head", "warm_start": "warm_start",
+                                    "pruner": "pruner"}),
     }
 
 

@@ -34,6 +34,7 @@ from ..search.evolution import batch_sizes
 from ..search.final import select_final
 from ..search.fitness import FitnessEvaluator
 from ..search.loop import run_search
+from ..search.pruning import Pruner
 from ..search.plan import estimate_search
 from ..search.report import block_table, plot_convergence, plot_heatmap
 from ..search.study import TrialStore, gene_names
@@ -304,7 +305,8 @@ def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, 
         store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(study)}-run{run}{suffix}",
                            names, {"context": session.context, "search": {**s.to_dict(), "strategy": strategy},
                                    "seed": seed})
-        result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store)
+        result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store,
+                            pruner=Pruner(s.pruner, config.train.epochs))
         seconds = time.perf_counter() - start
         selection = select_final(executor, [r.genes for r in result.top(s.top_k)], session.blocks,
                                  base_lr=config.train.lr, seeds=(final_seed,))

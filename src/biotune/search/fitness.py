@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..training.executor import Executor, OnEpoch
 from ..training.session import Compute, RunOutcome, RunRequest
 from .genome import decode
+from .pruning import fitness_curve
 
 __all__ = ["Evaluation", "FitnessEvaluator", "fitness_from_accuracies", "replicate_seeds", "WORST_FITNESS"]
 
@@ -71,6 +72,11 @@ class Evaluation:
             counts as failed and gets the worst fitness, 1 (``diverged`` is True).
         failure: why it failed (which seed, where the loss diverged), or None.
         epochs, images: epochs and training images of the runs trained now.
+        pruned_seeds: seeds whose run a pruner stopped early; the evaluation is then pruned,
+            and its fitness is still 1 − the mean of its runs' best validation accuracy: what
+            they reached before they stopped.
+        curve: fitness after each epoch, as reported to the pruner
+            (:func:`biotune.search.pruning.fitness_curve`); empty when read from the memo.
     """
 
     fitness: float
@@ -83,10 +89,16 @@ class Evaluation:
     failure: str | None = None
     epochs: int = 0
     images: int = 0
+    pruned_seeds: tuple[int, ...] = ()
+    curve: tuple[float, ...] = ()
 
     @property
     def diverged(self) -> bool:
         return bool(self.diverged_seeds)
+
+    @property
+    def pruned(self) -> bool:
+        return bool(self.pruned_seeds) and not self.diverged
 
     @property
     def compute(self) -> Compute:
@@ -139,13 +151,15 @@ class FitnessEvaluator:
         """Whether every run of ``genome`` on ``fold`` with ``seeds`` is known."""
         return all(k in self._memo for k in self._keys(decode(genome, self.base_lr), fold, seeds))
 
-    def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float], diverged: Iterable[int] = ()) -> None:
+    def remember(self, genome: np.ndarray, fold: int, accuracies: dict[int, float], diverged: Iterable[int] = (),
+                 pruned: Iterable[int] = ()) -> None:
         """Record results of earlier runs (e.g. read back from the study on resume)."""
         decoded = decode(genome, self.base_lr)
-        diverged = set(diverged)
+        diverged, pruned = set(diverged), set(pruned)
         for seed, acc in accuracies.items():
             failure = "diverged in an earlier process" if seed in diverged else None
-            self._store(self._key(decoded, fold, seed), RunOutcome(float(acc), 0, 0, 0.0, seed in diverged, failure=failure))
+            self._store(self._key(decoded, fold, seed),
+                        RunOutcome(float(acc), 0, 0, 0.0, seed in diverged, failure=failure, pruned=seed in pruned))
 
     def estimate(self, genome: np.ndarray) -> tuple[float, int]:
         """Noise-aware fitness of a configuration: 1 − mean accuracy over all its runs, and their number.
@@ -172,6 +186,7 @@ class FitnessEvaluator:
         seeds: Sequence[Sequence[int]] | None = None,
         on_evaluated: Callable[[int, Evaluation], None] | None = None,
         on_epoch: OnEpoch | None = None,
+        pruning: Sequence[Any] | None = None,
     ) -> list[Evaluation]:
         """Φ of each ``(genome, fold)``; the runs not in the memo go to the executor together.
 
@@ -180,7 +195,7 @@ class FitnessEvaluator:
         trained (so two equal items share their runs). ``on_evaluated(index, evaluation)``
         is called as soon as all runs of an item are known (items already memoised first), so
         results can be recorded while others train. A run shared by several items is trained
-        once.
+        once. ``pruning`` gives each item's :class:`~biotune.search.pruning.PruneCheck` (or None).
         """
         decoded = [decode(genome, self.base_lr) for genome, _ in items]  # once per item
         if seeds is None:
@@ -188,10 +203,11 @@ class FitnessEvaluator:
         seeds = [tuple(int(x) for x in s) for s in seeds]
         keys = [self._keys(d, fold, s) for d, (_, fold), s in zip(decoded, items, seeds)]
         requests: dict[tuple, RunRequest] = {}
-        for d, (_, fold), item_keys in zip(decoded, items, keys):
+        checks = list(pruning) if pruning is not None else [None] * len(items)
+        for d, (_, fold), item_keys, check in zip(decoded, items, keys, checks):
             for key in item_keys:
                 if key not in self._memo and key not in requests:
-                    requests[key] = RunRequest(tuple(d.lrs), int(fold), key[-1])
+                    requests[key] = RunRequest(tuple(d.lrs), int(fold), key[-1], pruning=check)
         order = list(requests)
         fresh: dict[tuple, RunOutcome] = {}
         out: list[Evaluation | None] = [None] * len(items)
@@ -220,6 +236,7 @@ class FitnessEvaluator:
         accuracies = [o.best_val_accuracy for o in outcomes]
         trained = [fresh.pop(k) for k in keys if k in fresh]  # a shared run counts for its first item
         diverged = [(s, o) for s, o in zip(seeds, outcomes) if o.diverged]
+        pruned = tuple(s for s, o in zip(seeds, outcomes) if o.pruned)
         failure = "; ".join(f"seed {s}: {o.failure or 'diverged'}" for s, o in diverged) or None
         return Evaluation(
             # A diverged run fails the evaluation: worst fitness, whatever it reached before.
@@ -233,4 +250,6 @@ class FitnessEvaluator:
             failure=failure,
             epochs=sum(o.epochs_run for o in trained),
             images=sum(o.train_images for o in trained),
+            pruned_seeds=pruned,
+            curve=fitness_curve([o.val_accuracies for o in outcomes], [o.pruned for o in outcomes]),
         )

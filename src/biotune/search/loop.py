@@ -25,6 +25,7 @@ from .evolution import Candidate, GenerationStats
 from .fitness import Evaluation, FitnessEvaluator
 from .genome import decode
 from .plan import TimeBudget
+from .pruning import Pruner, Reference
 from .study import TrialStore
 
 __all__ = ["EvaluationRecord", "RankedConfiguration", "SearchResult", "SearchListener", "run_search"]
@@ -105,6 +106,11 @@ class SearchResult:
         return self.generations[0].mean
 
     @property
+    def pruned(self) -> int:
+        """Evaluations a pruner stopped early."""
+        return sum(1 for r in self.history if r.source != "memo" and r.evaluation.pruned)
+
+    @property
     def compute(self) -> Compute:
         """Training the search consumed, earlier processes of a resumed run included."""
         total = Compute()
@@ -148,13 +154,16 @@ def run_search(
     *,
     listener: SearchListener | None = None,
     budget: TimeBudget | None = None,
+    pruner: Pruner | None = None,
 ) -> SearchResult:
     """Drive ``engine`` to its last generation, evaluating each batch and recording it.
 
     Generation g trains on fold ``g mod n_folds``. Evaluations already in ``store`` are
     read back (resume); a configuration asked twice in a batch is trained once. With a
     ``budget``, a generation that (with the final phase) would not fit the time limit is not
-    asked: the search ends with what it has.
+    asked: the search ends with what it has. With a ``pruner``, each run of a generation may be
+    stopped early against the evaluations of the earlier generations (see
+    :mod:`biotune.search.pruning`); evaluations are indexed in the order asked.
     """
     listener = listener or SearchListener()
     n_folds = evaluator.n_folds
@@ -166,6 +175,8 @@ def run_search(
     seen: dict[tuple, tuple[float, ...]] = {}  # configuration -> first genome asked
     stopped_by = "generations done"
     asked = 0
+    offset = 0  # index of the batch's first evaluation
+    references: list[Reference] = []
     while not engine.done:
         if budget is not None and not budget.allows(asked):
             stopped_by = "time limit"
@@ -177,8 +188,12 @@ def run_search(
         g = batch[0].generation
         fold = g % n_folds
         listener.on_generation_start(g, fold, batch)
-        records = _answer_batch(batch, fold, evaluator, store, stored, listener)
+        checks = (pruner or Pruner("none", 1)).checks(references, offset, len(batch))
+        records = _answer_batch(batch, fold, evaluator, store, stored, listener, checks)
         history.extend(records)
+        references += [Reference(offset + i, r.evaluation.curve, r.evaluation.pruned) for i, r in enumerate(records)
+                       if r.source != "memo" and not r.evaluation.diverged]
+        offset += len(batch)
         for record in records:
             seen.setdefault(decode(record.candidate.array, 1.0).key(), record.candidate.genes)
             logger.debug(
@@ -204,7 +219,7 @@ def run_search(
     )
 
 
-def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[EvaluationRecord]:
+def _answer_batch(batch, fold, evaluator, store, stored, listener, checks) -> list[EvaluationRecord]:
     """Records of one generation, in slot order: read back, memoised, or trained together.
 
     Each candidate's seeds (its configuration's next replicate on the fold) are fixed from
@@ -225,7 +240,7 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[Evalu
                 f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
                 "does not match this search's genome; was it written by another version or settings?"
             )
-        evaluator.remember(cand.array, fold, dict(zip(ev.seeds, ev.accuracies)), ev.diverged_seeds)
+        evaluator.remember(cand.array, fold, dict(zip(ev.seeds, ev.accuracies)), ev.diverged_seeds, ev.pruned_seeds)
         records[i] = EvaluationRecord(cand, fold, ev, "study", previous.trial_number)
         listener.on_evaluation(records[i])
     to_train: list[int] = []
@@ -251,7 +266,7 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener) -> list[Evalu
 
     try:
         evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
-                                on_evaluated=finished, on_epoch=listener.on_epoch)
+                                on_evaluated=finished, on_epoch=listener.on_epoch, pruning=[checks[i] for i in to_train])
     except BaseException as err:
         # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
         if not isinstance(err, KeyboardInterrupt):

@@ -140,14 +140,14 @@ class TrialStore:
             logger.info("trial %d was interrupted; it will be evaluated again", trial.number)
 
     def completed(self) -> dict[tuple[int, int], StoredEvaluation]:
-        """Finished evaluations keyed by (generation, slot)."""
+        """Finished evaluations (complete or pruned) keyed by (generation, slot)."""
         TrialState = self._optuna.trial.TrialState
         out = {}
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             a = t.user_attrs
             seeds = tuple(int(s) for s in a["seeds"])
             ev = Evaluation(
-                fitness=float(t.value),
+                fitness=float(a["fitness"] if "fitness" in a else t.value),
                 accuracies=tuple(float(x) for x in a["accuracies"]),
                 seeds=seeds,
                 fold=int(a["fold"]),
@@ -157,6 +157,8 @@ class TrialStore:
                 failure=a.get("failure"),
                 epochs=int(a.get("epochs", 0)),
                 images=int(a.get("images", 0)),
+                pruned_seeds=tuple(int(s) for s in a.get("pruned_seeds", ())),
+                curve=tuple(float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)),
             )
             genes = tuple(float(t.params[n]) for n in self.param_names)
             key = (int(a["generation"]), int(a["slot"]))
@@ -182,7 +184,13 @@ class TrialStore:
         return trial
 
     def finish(self, trial, evaluation: Evaluation) -> int:
-        """Record an evaluation's result and complete its trial; returns the trial number."""
+        """Record an evaluation's result and complete (or prune) its trial; returns the trial number.
+
+        The fitness curve goes in as the trial's intermediate values (one step per epoch), so a
+        pruned trial shows where it stopped, in optuna-dashboard too.
+        """
+        for step, value in enumerate(evaluation.curve, start=1):
+            trial.report(value, step)
         trial.set_user_attr("seeds", list(evaluation.seeds))
         trial.set_user_attr("accuracies", list(evaluation.accuracies))
         trial.set_user_attr("seconds", evaluation.seconds)
@@ -190,6 +198,11 @@ class TrialStore:
         trial.set_user_attr("diverged_seeds", list(evaluation.diverged_seeds))
         trial.set_user_attr("epochs", evaluation.epochs)
         trial.set_user_attr("images", evaluation.images)
+        trial.set_user_attr("fitness", evaluation.fitness)
+        if evaluation.pruned:
+            trial.set_user_attr("pruned_seeds", list(evaluation.pruned_seeds))
+            self.study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
+            return trial.number
         if evaluation.failure:
             # Diverged: completed with the worst fitness, so a resumed search reads it back.
             trial.set_user_attr("failure", evaluation.failure)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -90,12 +90,16 @@ class RunRequest:
         seed: the training seed.
         save_to: for a final run, a ``.safetensors`` path where the weights of its best
             validation epoch are written (atomically) when it finishes; ``None`` keeps none.
+        pruning: for a search run, anything whose ``start()`` gives a fresh
+            ``should_stop(epoch, best_accuracy_so_far)`` (:class:`biotune.search.pruning.PruneCheck`);
+            ``None`` trains the whole budget.
     """
 
     lrs: tuple[float, ...]
     fold: int | None
     seed: int
     save_to: str | None = None
+    pruning: Any = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class RunOutcome:
     test_accuracy: float | None = None
     failure: str | None = None
     train_images: int = 0
+    val_accuracies: tuple[float, ...] = ()
+    pruned: bool = False
 
 
 @dataclass(frozen=True)
@@ -245,6 +251,7 @@ class Session:
         result = tuner.run(
             request.lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), request.seed,
             keep_best=final, on_epoch=on_epoch, train_index=None if final else self.folds[request.fold], regime=regime,
+            should_stop=None if request.pruning is None else request.pruning.start(),
         )
         test = None
         if final:
@@ -261,4 +268,6 @@ class Session:
             test_accuracy=test,
             failure=result.failure,
             train_images=result.train_images,
+            val_accuracies=result.val_accuracies,
+            pruned=result.pruned,
         )

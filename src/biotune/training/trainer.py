@@ -58,6 +58,7 @@ class TrainResult:
         best_state: weights at the best epoch, kept only when asked for.
         prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
         train_images: training images processed, summed over epochs (compute accounting).
+        pruned: ``should_stop`` stopped the run before its budget (a search pruner).
     """
 
     seed: int
@@ -74,6 +75,7 @@ class TrainResult:
     batch_size: int = 0
     lr_multipliers: tuple[dict[str, float], ...] = field(default=(), repr=False)
     train_images: int = 0
+    pruned: bool = False
 
 
 class FineTuner:
@@ -172,6 +174,7 @@ class FineTuner:
         on_epoch: Callable[[int, float, float], None] | None = None,
         train_index: torch.Tensor | None = None,
         regime: Regime | None = None,
+        should_stop: Callable[[int, float], bool] | None = None,
     ) -> TrainResult:
         """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
 
@@ -187,6 +190,8 @@ class FineTuner:
             keep_best: keep the weights of the best epoch in the result (``best_state``).
             on_epoch: called as ``on_epoch(epoch, val_accuracy, train_loss)``.
             regime: a loss penalty and/or per-epoch trainable blocks (baselines).
+            should_stop: asked ``should_stop(epoch, best_accuracy_so_far)`` after each epoch but
+                the last; ``True`` ends the run there (``pruned``): a search's pruner.
 
         Raises:
             BioTuneError: every learning rate is 0 or the wrong number is given.
@@ -198,7 +203,8 @@ class FineTuner:
             raise BioTuneError("every block is frozen: at least one learning rate must be positive")
         while True:
             try:
-                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime or Regime())
+                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime or Regime(),
+                                 should_stop)
             except (RuntimeError, MemoryError) as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -213,7 +219,8 @@ class FineTuner:
                 self.eval_batch_size = max(1, self.eval_batch_size // 2)
                 logger.warning("out of memory on %s: retrying the run with batch size %d", self.device, self.batch_size)
 
-    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime: Regime) -> TrainResult:
+    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime: Regime,
+             should_stop=None) -> TrainResult:
         cfg = self.config
         masks = [list(mask)] if regime.masks is None else [[m and t for m, t in zip(e, mask)] for e in regime.masks]
         if any(len(m) != len(self.blocks) for m in masks):
@@ -253,7 +260,7 @@ class FineTuner:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
             shuffle = torch.Generator(device="cpu").manual_seed(seed)
             loss_fn = nn.CrossEntropyLoss()
-            best, best_epoch, best_state, stale, diverged, failure = -1.0, 0, None, 0, False, None
+            best, best_epoch, best_state, stale, diverged, failure, pruned = -1.0, 0, None, 0, False, None, False
             images = 0
             val_hist: list[float] = []
             loss_hist: list[float] = []
@@ -299,6 +306,9 @@ class FineTuner:
                     stale += 1
                     if stale >= cfg.patience:
                         break
+                if should_stop is not None and epoch < epochs and should_stop(epoch, best):
+                    pruned = True
+                    break
         return TrainResult(
             seed=seed,
             best_val_accuracy=max(best, 0.0),
@@ -314,6 +324,7 @@ class FineTuner:
             batch_size=batch_size,
             lr_multipliers=tuple(multipliers),
             train_images=images,
+            pruned=pruned,
         )
 
     def _rgn_loss(self, x, y, loss_fn, regime: Regime):
