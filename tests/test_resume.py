@@ -24,7 +24,7 @@ def _complete(db):
         return 0
     try:
         with sqlite3.connect(db) as con:
-            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+            return con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -33,7 +33,7 @@ def _trial_keys(db):
     with sqlite3.connect(db) as con:
         rows = con.execute(
             "select t.number, a.key, a.value_json from trials t join trial_user_attributes a "
-            "on a.trial_id = t.trial_id where t.state = 'COMPLETE' and a.key in ('generation', 'slot')"
+            "on a.trial_id = t.trial_id where t.state in ('COMPLETE', 'PRUNED') and a.key in ('generation', 'slot')"
         ).fetchall()
     keys = {}
     for number, key, value in rows:
@@ -81,3 +81,5 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_after, ref_dir):
     assert sorted(keys) == sorted(_trial_keys(ref_dir / "study.db"))
     history = (run_dir / "history.csv").read_text()
     assert history.count(",study,") >= done_before  # read back, not retrained
+    with sqlite3.connect(ref_dir / "study.db") as con:  # the default search prunes: pruned trials resume too
+        assert con.execute("select count(*) from trials where state = 'PRUNED'").fetchone()[0] > 0

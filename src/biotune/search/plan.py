@@ -10,12 +10,15 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..config import RunConfig, RuntimeConfig
 from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
 from ..training.session import Session
 from .evolution import batch_sizes
 from .genome import leading_frozen_distribution
+from .pruning import expected_saving
 
 __all__ = ["estimate_search", "TimeBudget"]
 
@@ -40,13 +43,21 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     evaluations = sum(batches)
     n_train = len(session.tensors["x_train"])
     fold = max(len(f) for f in session.folds) if session.folds else n_train
-    return estimate_runs(
+    estimate = estimate_runs(
         speed, runs=s.top_k * (s.final_runs if final_seeds is None else final_seeds), train_images=n_train,
         val_images=len(session.tensors["x_val"]), test_images=len(session.tensors["x_test"]),
         epochs=t.epochs, patience=t.patience, workers=workers,
         evaluations=evaluations, search_batches=[b * s.seeds for b in batches],
         search_runs=evaluations * s.seeds, search_train_images=fold,
     )
+    if s.pruner == "none":
+        return estimate
+    low, high = expected_saving(s.pruner, t.epochs, batches)
+    search = estimate.search_rounds * np.asarray(estimate.round_seconds)  # (low, high) seconds of the search
+    note = (f"pruning ({s.pruner}): expected to save {100 * low:.0f}–{100 * high:.0f}% of the search's training "
+            f"epochs (the first generation is never pruned), about {format_seconds(low * search[1])} – "
+            f"{format_seconds(high * search[1])} of the time above")
+    return dataclasses.replace(estimate, notes=estimate.notes + (note,))
 
 
 @dataclass

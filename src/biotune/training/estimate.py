@@ -67,6 +67,7 @@ class Estimate:
             phase take (a generation waits for its last run).
         round_seconds: (low, high) seconds of one round of search runs.
         final_seconds: (low, high) seconds of the whole final phase.
+        notes: further lines the plan prints (e.g. the expected saving of pruning).
     """
 
     evaluations: int
@@ -82,6 +83,7 @@ class Estimate:
     final_rounds: int = 0
     round_seconds: tuple[float, float] = (0.0, 0.0)
     final_seconds: tuple[float, float] = (0.0, 0.0)
+    notes: tuple[str, ...] = ()
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
@@ -105,6 +107,7 @@ class Estimate:
             + (f" with {self.workers} runs at once ({self.search_rounds} rounds of search runs, "
                f"{self.final_rounds} of final runs)" if self.workers > 1 else ""),
         ]
+        out += list(self.notes)
         if self.long_on_cpu:
             out.append("this can take more than an hour on the CPU; to cut it: a GPU (--device cuda), a smaller "
                        "--image-size, --preset quick, or a smaller --fraction")
