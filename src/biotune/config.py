@@ -193,6 +193,10 @@ class TrainConfig(_Serialisable):
         metric: ``"top1"`` accuracy or ``"balanced"`` accuracy (mean per-class recall, as
             scikit-learn's ``balanced_accuracy_score``; the authors' code scores this "macro"
             accuracy): used for early stopping, search fitness, final selection and reports.
+        augment: random-resized-crop and horizontal flip of each training batch, on the device.
+            Off by default, as in the paper (which excludes augmentation on purpose); with it the
+            frozen-prefix cache is not used (it cannot be exact), so runs with frozen leading
+            blocks cost more.
     """
 
     epochs: int = 30
@@ -201,6 +205,7 @@ class TrainConfig(_Serialisable):
     batch_size: int = 96
     train_bn: bool = True
     metric: str = "top1"
+    augment: bool = False
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -209,6 +214,8 @@ class TrainConfig(_Serialisable):
         _check_int("batch_size", self.batch_size, 1)
         if not isinstance(self.train_bn, bool):
             raise TypeError(f"`train_bn` must be a bool, got {self.train_bn!r}")
+        if not isinstance(self.augment, bool):
+            raise TypeError(f"`augment` must be a bool, got {self.augment!r}")
         if self.metric not in ("top1", "balanced"):
             raise BioTuneError(f"`metric` must be 'top1' or 'balanced', got {self.metric!r}")
 
@@ -349,6 +356,8 @@ class RuntimeConfig:
             ``"512M"``; ``"0"`` turns it off.
         cache_dir: where prefixes too large for ``cache_memory`` are kept as memory-mapped
             files (shared by worker processes and later runs); ``None``: they train uncached.
+            The uint8 dataset store goes to ``<cache_dir>/store`` (default: ``store`` beside the
+            named datasets, under ``data_dir``).
         auto_batch_size: on out-of-memory, halve the batch size and retry the run instead
             of stopping with an error.
         threads: intra-op CPU threads per process (default: torch's choice locally, the
@@ -363,6 +372,7 @@ class RuntimeConfig:
             local executor becomes ``processes``. Results equal the sequential executor's.
         ray_address: address of an existing Ray cluster; ``None`` starts a local instance
             listening on the loopback address only.
+        progress: show progress bars of long preparation (writing a dataset store).
     """
 
     device: str = "auto"
@@ -379,6 +389,7 @@ class RuntimeConfig:
     devices: tuple[str, ...] | None = None
     workers_per_device: int = 1
     ray_address: str | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:

@@ -194,6 +194,7 @@ def run(
     session = Session.from_spec(spec)
     estimate = estimate_search(session, config, runtime)
     listener.on_estimate(estimate)
+    estimate.memory.check()  # a run that cannot fit stops here, before anything is written
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config), start=start)
     if budget is not None:
         logger.info(budget.line())

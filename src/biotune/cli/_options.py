@@ -59,6 +59,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "'balanced' (mean per-class recall, for imbalanced classes) (default: top1)")
     g.add_argument("--no-train-bn", action="store_true", default=None,
                    help="keep BatchNorm statistics of trainable blocks frozen (eval mode)")
+    g.add_argument("--augment", action="store_true", default=None,
+                   help="random-resized-crop and horizontal flip of each training batch, on the device, for every "
+                        "method alike. Off by default, as in the paper, which excludes augmentation on purpose. "
+                        "The exact frozen-prefix cache is then not used (crops differ every epoch), so runs "
+                        "that freeze leading blocks cost as much as full fine-tuning")
     g.add_argument("--auto-batch-size", action="store_true",
                    help="on out-of-memory, halve the batch size and retry the run instead of stopping")
 
@@ -73,7 +78,9 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="memory for the exact frozen-prefix cache per process, e.g. 2G, 512M; 0 turns it off (default: 2G)")
     g.add_argument("--cache-dir", default=None,
                    help="directory for frozen-prefix features larger than --cache-memory (memory-mapped, reused by "
-                        "workers and later runs) (default: none; such prefixes are recomputed each run)")
+                        "workers and later runs; default: none, such prefixes are recomputed each run) and, under "
+                        "<dir>/store, the datasets kept as uint8 memory-mapped files (default: 'store' in the "
+                        "--data-dir, ~/.cache/biotune/data/store)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice, "
                    "or the cores shared out between worker processes)")
     g = p.add_argument_group("parallel and distributed evaluation")
@@ -274,6 +281,8 @@ def overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, ob
 def train_overrides(args) -> dict[str, object]:
     out = overrides(args, {"epochs": "epochs", "patience": "patience", "lr": "lr", "batch_size": "batch_size",
                             "metric": "metric"})
+    if getattr(args, "augment", None):
+        out["augment"] = True
     if args.no_train_bn:
         out["train_bn"] = False
     return out
@@ -286,6 +295,7 @@ def runtime_config(args) -> RuntimeConfig:
         cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
         threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address, workers_per_device=args.workers_per_device,
+        progress=not getattr(args, "no_progress", True),
     )
 
 

@@ -40,6 +40,12 @@ def default_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser()
 
 
+def named_npz(name: str, *, data_dir: str | os.PathLike | None = None, image_size: int = 224) -> Path | None:
+    """The ``.npz`` a named dataset is kept in under the data directory, when it is there."""
+    root = default_data_dir(data_dir)
+    return next((c for c in (root / f"{name}.npz", root / f"{name}-{image_size}px.npz") if c.is_file()), None)
+
+
 def load_named(name: str, *, data_dir: str | os.PathLike | None = None, image_size: int = 224) -> ImageDataset:
     """One of :data:`NAMES` with its official splits (see the module docstring for where from).
 
@@ -49,10 +55,10 @@ def load_named(name: str, *, data_dir: str | os.PathLike | None = None, image_si
     if name not in NAMES:
         raise BioTuneError(f"unknown dataset name {name!r}; known: {', '.join(NAMES)}")
     root = default_data_dir(data_dir)
-    for candidate in (root / f"{name}.npz", root / f"{name}-{image_size}px.npz"):
-        if candidate.is_file():
-            ds = read_npz(candidate)
-            return ImageDataset(name, ds.classes, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val)
+    cached = named_npz(name, data_dir=data_dir, image_size=image_size)
+    if cached is not None:
+        ds = read_npz(cached)
+        return ImageDataset(name, ds.classes, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.x_val, ds.y_val)
     if name == "isic":
         if (root / "isic").is_dir():
             return _load_isic(root / "isic", image_size)

@@ -11,6 +11,7 @@ the paper's datasets by name (:mod:`biotune.data.catalog`). Images are resized a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BioTuneError
-from .catalog import NAMES, load_named
+from .catalog import NAMES, load_named, named_npz
+from .rows import ImageRows
 from .readers import IMAGE_EXTENSIONS, ImageDataset, load_digits, read_folder, read_npz, require_per_class
+from .store import open_folder, open_npz
 
 __all__ = [
     "ImageDataset",
@@ -27,11 +30,14 @@ __all__ = [
     "load_dataset",
     "split_dataset",
     "preprocess",
+    "to_float",
+    "ImageRows",
     "IMAGE_EXTENSIONS",
 ]
 
 
-def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = None) -> ImageDataset:
+def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = None, store_dir: str | Path | None = None,
+                 progress: bool = False) -> ImageDataset:
     """Load a dataset by name or path.
 
     Args:
@@ -39,9 +45,13 @@ def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = Non
             ``cifar10``, ``stl10``, ``flowers102``, ``fgvc_aircraft``, ``dtd``, ``isic``; see
             :mod:`biotune.data.catalog`), a ``.npz`` path, or an ImageFolder directory.
         image_size: side to which ImageFolder images are resized on reading (short side,
-            centre crop); arrays from ``digits`` and ``.npz`` keep their stored size.
+            centre crop); arrays from ``digits`` and ``.npz`` keep their stored size (in a
+            store: the smaller of it and ``image_size``).
         data_dir: cache directory of named datasets (default ``$BIOTUNE_DATA`` or
             ``~/.cache/biotune/data``).
+        store_dir: where the uint8 store of a file or folder is kept (:mod:`biotune.data.store`);
+            the images are then memory-mapped from it. ``None`` reads them into memory.
+        progress: show a progress bar while an ImageFolder is stored.
 
     Raises:
         BioTuneError: unknown name, missing or corrupt file, inconsistent arrays or labels.
@@ -54,13 +64,24 @@ def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = Non
     if spec == "digits":
         return load_digits()
     if spec in NAMES:
+        if store_dir is not None:
+            cached = named_npz(spec, data_dir=data_dir, image_size=image_size)
+            if cached is None:  # download and convert once (in memory), then store like any .npz
+                load_named(spec, data_dir=data_dir, image_size=image_size)
+                cached = named_npz(spec, data_dir=data_dir, image_size=image_size)
+            if cached is not None:
+                return dataclasses.replace(open_npz(cached, Path(store_dir), image_size, read_npz), name=spec)
         return load_named(spec, data_dir=data_dir, image_size=image_size)
     path = Path(spec).expanduser()
     if path.is_dir():
+        if store_dir is not None:
+            return open_folder(path, Path(store_dir), image_size, progress=progress)
         return read_folder(path, image_size)
     if path.suffix == ".npz":
         if not path.is_file():
             raise BioTuneError(f"dataset file {spec} does not exist")
+        if store_dir is not None:
+            return open_npz(path, Path(store_dir), image_size, read_npz)
         return read_npz(path)
     raise BioTuneError(
         f"unknown dataset {spec!r}: give 'digits', a name ({', '.join(NAMES)}), the path of an .npz file, "
@@ -73,15 +94,16 @@ class SplitData:
     """The arrays a search and a final fine-tune use, with stratified folds.
 
     Attributes:
-        x_train, y_train: training data (the dataset's train split minus any carved validation).
+        x_train, y_train: training data (the dataset's train split minus any carved validation;
+            the images are then :class:`ImageRows` of the dataset's array, not a copy).
         x_val, y_val: validation data (the dataset's own split, or carved from train).
         x_test, y_test: test data, used only for the final report.
         folds: index arrays into ``x_train``, stratified, disjoint, covering it.
     """
 
-    x_train: np.ndarray
+    x_train: np.ndarray | ImageRows
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: np.ndarray | ImageRows
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
@@ -125,7 +147,8 @@ def split_dataset(ds: ImageDataset, *, val_fraction: float, n_folds: int, seed: 
         train_idx, val_idx = next(sss.split(np.zeros(len(y)), y))
         train_idx.sort()
         val_idx.sort()
-        x_val, y_val, x, y = x[val_idx], y[val_idx], x[train_idx], y[train_idx]
+        # Rows of the dataset's array, not copies: a memory-mapped store stays on disk.
+        x_val, y_val, x, y = ImageRows(x, val_idx), y[val_idx], ImageRows(x, train_idx), y[train_idx]
     else:
         x_val, y_val = ds.x_val, ds.y_val
     if n_folds == 1:
@@ -135,6 +158,24 @@ def split_dataset(ds: ImageDataset, *, val_fraction: float, n_folds: int, seed: 
         skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         folds = tuple(np.sort(test) for _, test in skf.split(np.zeros(len(y)), y))
     return SplitData(x, y, x_val, y_val, ds.x_test, ds.y_test, folds)
+
+
+def to_float(batch, *, image_size: int, mean, std):
+    """uint8 N×H×W×C tensor (on any device) → normalised float32 N×3×S×S, resized when needed.
+
+    The one conversion of every image BioTune trains or evaluates on: :func:`preprocess` (whole
+    arrays, on the CPU) and the training batches (:mod:`biotune.training.images`, on the device)
+    both call it, so they agree to the float rounding of the device. ``mean`` and ``std`` are
+    float32 tensors of shape 1×3×1×1 on the batch's device. Grayscale is repeated to three channels.
+    """
+    import torch.nn.functional as F
+
+    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    if batch.shape[1] == 1:
+        batch = batch.expand(-1, 3, -1, -1)
+    if batch.shape[-2:] != (image_size, image_size):
+        batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return (batch - mean) / std
 
 
 def preprocess(
@@ -148,10 +189,10 @@ def preprocess(
 ):
     """uint8 N×H×W×C images → normalised float32 N×3×S×S tensor, resized once (bilinear, antialiased).
 
-    Grayscale is repeated to three channels. Work is done in chunks to bound peak memory.
+    For images that are predicted or exported; training converts batch by batch on the device
+    instead (:mod:`biotune.training.images`). Work is done in chunks to bound peak memory.
     """
     import torch
-    import torch.nn.functional as F
 
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -160,10 +201,5 @@ def preprocess(
         out = out.contiguous(memory_format=torch.channels_last)
     for start in range(0, len(images), chunk):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk]))
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-        if batch.shape[1] == 1:
-            batch = batch.expand(-1, 3, -1, -1)
-        if batch.shape[-2:] != (image_size, image_size):
-            batch = F.interpolate(batch, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + len(batch)] = (batch - mean_t) / std_t
+        out[start : start + len(batch)] = to_float(batch, image_size=image_size, mean=mean_t, std=std_t)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "read_image",
     "fit_image",
     "read_folder",
+    "scan_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class ImageDataset:
         x_train, y_train: training images (uint8, N×H×W×C) and labels (int64).
         x_val, y_val: the dataset's own validation split, or ``None``.
         x_test, y_test: the test split.
+        digest: the images' fingerprint when it is known without reading them (a store).
     """
 
     name: str
@@ -60,13 +62,17 @@ class ImageDataset:
     y_test: np.ndarray
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    digest: str | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def fingerprint(self) -> str:
-        """A short hash of every image and label: part of cache keys."""
+        """A short hash of every image and label: part of cache keys (a store's, computed once
+        when it was written, is ``digest``)."""
+        if self.digest is not None:
+            return self.digest
         h = hashlib.sha1()
         for arr in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
             if arr is not None:
@@ -220,28 +226,36 @@ def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def read_folder(root: Path, size: int) -> ImageDataset:
+def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """The classes of an ImageFolder and its image files with their labels, by split.
+
+    Raises:
+        BioTuneError: no class folders, an empty training class, a class missing from train.
+    """
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     layout = split_dirs if "train" in split_dirs else {"train": root}
     scanned = {split: _scan_class_folders(path) for split, path in layout.items()}
     classes = sorted(scanned["train"])
-    if not classes:
-        raise BioTuneError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
+    if len(classes) < 2:
+        found = "no class folders" if not classes else f"one class folder ({classes[0]})"
+        raise BioTuneError(f"{root}: {found}; expected {root}/<class>/<image files> with at least 2 classes")
     for split, folders in scanned.items():
         for name, files in folders.items():
             if not files and split == "train":
                 raise BioTuneError(f"{layout[split] / name}: empty class folder (no image files)")
             if name not in classes:
                 raise BioTuneError(f"{layout[split] / name}: class not in the training split")
-    arrays = {}
-    for split, folders in scanned.items():
-        xs, ys = [], []
-        for label, name in enumerate(classes):
-            for path in folders.get(name, []):
-                xs.append(read_image(path, size))
-                ys.append(label)
-        if xs:
-            arrays[split] = (np.stack(xs), np.asarray(ys, dtype=np.int64))
+    items = {split: [(path, label) for label, name in enumerate(classes) for path in folders.get(name, [])]
+             for split, folders in scanned.items()}
+    return classes, items
+
+
+def read_folder(root: Path, size: int) -> ImageDataset:
+    """An ImageFolder decoded into memory at ``size`` px (see :mod:`biotune.data.store` for the store)."""
+    classes, items = scan_folder(root)
+    arrays = {split: (np.stack([read_image(path, size) for path, _ in files]),
+                      np.asarray([label for _, label in files], dtype=np.int64))
+              for split, files in items.items() if files}
     if "test" not in arrays:
         arrays.update(carve_test(*arrays.pop("train"), str(root), classes))
     return make_dataset(root.name, str(root), classes, arrays)

@@ -15,6 +15,7 @@ import numpy as np
 from ..config import RunConfig, RuntimeConfig
 from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
+from ..training.memory import memory_plan
 from ..training.session import Session
 from .evolution import batch_sizes
 from .genome import leading_frozen_distribution
@@ -50,6 +51,10 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
         evaluations=evaluations, search_batches=[b * s.seeds for b in batches],
         search_runs=evaluations * s.seeds, search_train_images=fold,
     )
+    # Sessions on this machine: the main process's, and each local worker's.
+    remote = runtime.executor == "ray" and runtime.ray_address is not None
+    sessions = 1 if (runtime.executor == "local" and workers == 1) or remote else 1 + workers
+    estimate = dataclasses.replace(estimate, memory=memory_plan(session, runtime, sessions))
     if s.pruner == "none":
         return estimate
     low, high = expected_saving(s.pruner, t.epochs, batches)

@@ -13,7 +13,7 @@ import copy
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +68,7 @@ class Estimate:
         round_seconds: (low, high) seconds of one round of search runs.
         final_seconds: (low, high) seconds of the whole final phase.
         notes: further lines the plan prints (e.g. the expected saving of pruning).
+        memory: what the job needs in disk, RAM and device memory (:mod:`biotune.training.memory`).
     """
 
     evaluations: int
@@ -84,6 +85,7 @@ class Estimate:
     round_seconds: tuple[float, float] = (0.0, 0.0)
     final_seconds: tuple[float, float] = (0.0, 0.0)
     notes: tuple[str, ...] = ()
+    memory: Any = None
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
@@ -108,6 +110,11 @@ class Estimate:
                f"{self.final_rounds} of final runs)" if self.workers > 1 else ""),
         ]
         out += list(self.notes)
+        if self.memory is not None:
+            out += self.memory.lines()
+            problem = self.memory.problem()
+            if problem:
+                out.append(f"will not fit: {problem}")
         if self.long_on_cpu:
             out.append("this can take more than an hour on the CPU; to cut it: a GPU (--device cuda), a smaller "
                        "--image-size, --preset quick, or a smaller --fraction")

@@ -258,7 +258,7 @@ class PrefixCache:
         One tensor is kept per (depth, images): the images are identified by their storage,
         so pass the same tensor (e.g. the whole training set, indexed afterwards) each time.
         """
-        key = (cut.depth, x.data_ptr(), tuple(x.shape), str(x.device))
+        key = (cut.depth, *_identity(x))
         if key in self._store:
             self._store.move_to_end(key)
             self.hits += 1
@@ -292,9 +292,10 @@ class PrefixCache:
 
     def _on_disk(self, cut: Cut, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         """A memory-mapped CPU tensor of the features, written once (atomically) and reused."""
-        fp_key = (x.data_ptr(), tuple(x.shape), str(x.device))
+        fp_key = _identity(x)
         if fp_key not in self._fingerprints:
-            self._fingerprints[fp_key] = hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+            digest = getattr(x, "digest", None)  # images kept uint8 know theirs (see training.images)
+            self._fingerprints[fp_key] = digest or hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
         path = self.directory / f"{self.namespace}-depth{cut.depth}-{self._fingerprints[fp_key]}.npy"
         if path.is_file():
             self.hits += 1
@@ -317,6 +318,12 @@ class PrefixCache:
         """Forget the in-memory tensors (files on disk stay for later runs)."""
         self._store.clear()
         self._disk.clear()
+
+
+def _identity(x) -> tuple:
+    """Which images ``x`` are, in this process: a tensor by its storage, uint8 images by their key."""
+    key = getattr(x, "key", None)
+    return key if key is not None else (x.data_ptr(), tuple(x.shape), str(x.device))
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,10 +29,12 @@ from ..config import (
     TrainConfig,
     resolve_image_size,
 )
-from ..data.dataset import ImageDataset, SplitData, load_dataset, preprocess, split_dataset
+from ..data.catalog import default_data_dir
+from ..data.dataset import ImageDataset, SplitData, load_dataset, split_dataset
 from ..errors import BioTuneError
 from ..models.blocks import Block, partition_model
 from ..models.build import PretrainedModel, build_model, default_input_size, save_state_dict_file
+from .images import DeviceImages
 from .regime import Regime
 from .trainer import FineTuner
 
@@ -46,6 +49,14 @@ def training_seeds(seed: int, purpose: int, count: int) -> tuple[int, ...]:
     """Distinct training seeds derived from the run seed (purpose 0: search, 1: final)."""
     state = np.random.SeedSequence([seed, purpose]).generate_state(count)
     return tuple(int(s) % (2**31 - 1) for s in state)
+
+
+def store_dir(runtime: RuntimeConfig) -> Path:
+    """Where datasets are kept as uint8 memory-mapped files: ``<cache_dir>/store``, else ``store``
+    beside the named datasets (``<data_dir>/store``)."""
+    if runtime.cache_dir is not None:
+        return Path(runtime.cache_dir).expanduser() / "store"
+    return default_data_dir(runtime.data_dir) / "store"
 
 
 def warn_small_images(size: int, dataset: str) -> None:
@@ -161,7 +172,7 @@ class Session:
     data: SplitData
     dataset_name: str
     image_size: int
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, "DeviceImages | torch.Tensor"]  # x_*: uint8 images batched on the device; y_*: labels
     folds: tuple[torch.Tensor, ...]
     finetuner: FineTuner
     context: str
@@ -183,7 +194,7 @@ class Session:
         seed: int,
         runtime: RuntimeConfig,
     ) -> "Session":
-        """Load the dataset, build and partition the model, split, preprocess once onto the device."""
+        """Load the dataset (mapped from its uint8 store), build and partition the model, split."""
         device = runtime.resolve_device()
         if runtime.threads is not None:  # this process's share of the cores (workers set theirs too)
             torch.set_num_threads(runtime.threads)
@@ -191,7 +202,10 @@ class Session:
         default_size = default_input_size(model.name)
         native = data.image_size == NATIVE
         read_size = default_size if native else resolve_image_size(data.image_size, data.dataset, default_size)[0]
-        ds = load_dataset(data.dataset, image_size=read_size, data_dir=runtime.data_dir)
+        # The store keeps images at the smaller of their size and the training size; native keeps theirs.
+        keep = 2048 if native and not Path(data.dataset).expanduser().is_dir() else read_size
+        ds = load_dataset(data.dataset, image_size=keep, data_dir=runtime.data_dir, store_dir=store_dir(runtime),
+                          progress=runtime.progress)
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
@@ -199,14 +213,16 @@ class Session:
                                      _native_size(ds) if native else None)
         warn_small_images(size, data.dataset)
         tensors = {}
-        for name, arr, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
-                                  ("test", split.x_test, split.y_test)):
-            x = preprocess(arr, image_size=size, mean=pm.mean, std=pm.std, channels_last=runtime.channels_last)
+        for name, rows, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
+                                   ("test", split.x_test, split.y_test)):
+            # uint8 rows of the store (mapped, shared by every process), float only batch by batch on the device.
+            index = getattr(rows, "index", None)
+            which = "all" if index is None else hashlib.sha1(index.tobytes()).hexdigest()[:12]
+            tensors[f"x_{name}"] = DeviceImages(rows, image_size=size, mean=pm.mean, std=pm.std, device=device,
+                                                channels_last=runtime.channels_last,
+                                                digest=f"{ds.fingerprint()}-{name}-{which}")
             y = torch.as_tensor(labels)
-            if device.type == "cuda":  # pinned memory: asynchronous host-to-device copies
-                x, y = x.pin_memory(), y.pin_memory()
-            tensors[f"x_{name}"] = x.to(device, non_blocking=True)
-            tensors[f"y_{name}"] = y.to(device, non_blocking=True)
+            tensors[f"y_{name}"] = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
         folds = tuple(torch.as_tensor(f, device=device) for f in split.folds)
         context = json.dumps(
             {

@@ -3,7 +3,8 @@
 :class:`FineTuner` holds one model and its pretrained weights; each :meth:`FineTuner.run`
 restores those weights, seeds a fresh head, trains the blocks whose learning rate is positive
 (Adam, one parameter group per block, cosine schedule over the epoch budget, cross-entropy,
-no augmentation) and returns a :class:`TrainResult`.
+no augmentation unless ``TrainConfig.augment``) and returns a :class:`TrainResult`. Images come
+as :class:`~biotune.training.images.DeviceImages` (uint8 until batched) or as float tensors.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import BioTuneError
 from ..models.blocks import Block
 from ..models.build import reset_head
 from .groups import param_groups, set_trainable
+from .images import DeviceImages, augment
 from .metrics import evaluate_accuracy
 from .prefix import PrefixCache, bypass
 from .regime import Regime, rescale_by_rgn
@@ -31,6 +33,13 @@ from .regime import Regime, rescale_by_rgn
 __all__ = ["TrainResult", "FineTuner"]
 
 logger = logging.getLogger(__name__)
+
+def _rows(x, index: torch.Tensor):
+    """Rows ``index`` of the training images: a lazy subset of uint8 images, a gather of a tensor."""
+    if isinstance(x, DeviceImages):
+        return x.subset(index)
+    return x[index.to(x.device)]
+
 
 def _is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
@@ -183,7 +192,8 @@ class FineTuner:
 
         Args:
             lrs: one learning rate per block.
-            train, val: preprocessed ``(images, labels)`` tensors on the training device.
+            train, val: ``(images, labels)``: :class:`~biotune.training.images.DeviceImages` or
+                preprocessed tensors, labels on the training device.
             seed: seeds the head, the batch order and dropout; same seed, same result.
             train_index: train on these rows of ``train`` only (e.g. a fold). Pass the whole
                 training set with an index, rather than a slice, so its prefix cache is shared.
@@ -234,7 +244,9 @@ class FineTuner:
             stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
             torch.manual_seed(seed)
             self.restore(seed)  # the prefix cache is computed from these pristine weights
-            cut = self.cache.cut_for(ever, x_val) if regime.init_state is None else None  # frozen in every epoch
+            # The prefix cache is exact only without augmentation: under it every epoch sees other crops.
+            exact = regime.init_state is None and not cfg.augment
+            cut = self.cache.cut_for(ever, x_val) if exact else None  # frozen in every epoch
             if regime.init_state is not None:
                 self.model.load_state_dict(regime.init_state)
             epochs = regime.epochs or cfg.epochs
@@ -245,7 +257,7 @@ class FineTuner:
                 else:
                     x_train, x_val = cached
             if train_index is not None:
-                x_train, y_train = x_train[train_index.to(x_train.device)], y_train[train_index]
+                x_train, y_train = _rows(x_train, train_index), y_train[train_index]
             # Features cached on disk are memory-mapped CPU tensors: read once per run.
             x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
             stack.enter_context(bypass(self.model, cut))
@@ -259,6 +271,7 @@ class FineTuner:
             steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
             shuffle = torch.Generator(device="cpu").manual_seed(seed)
+            crops = torch.Generator(device="cpu").manual_seed(seed + 1) if cfg.augment else None
             loss_fn = nn.CrossEntropyLoss()
             best, best_epoch, best_state, stale, diverged, failure, pruned = -1.0, 0, None, 0, False, None, False
             images = 0
@@ -274,8 +287,9 @@ class FineTuner:
                 total, count = 0.0, 0
                 for i in range(0, len(order), batch_size):
                     idx = order[i : i + batch_size]
+                    xb = x_train[idx] if crops is None else augment(x_train[idx], crops)
                     with self._autocast():
-                        loss = loss_fn(self._forward(x_train[idx]), y_train[idx])
+                        loss = loss_fn(self._forward(xb), y_train[idx])
                         objective = loss if regime.penalty is None else loss + regime.penalty(self.model)
                     if not torch.isfinite(objective):
                         diverged = True
