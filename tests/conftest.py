@@ -11,6 +11,14 @@ import pytest
 SHARED = Path(os.environ.get("BIOTUNE_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def pytest_configure(config):
+    """Dataset stores (and named datasets) of the whole session go to one temporary folder, not ~/.cache."""
+    import tempfile
+
+    if "BIOTUNE_DATA" not in os.environ:
+        os.environ["BIOTUNE_DATA"] = tempfile.mkdtemp(prefix="biotune-test-data-")
+
+
 def require_shared(relative: str) -> Path:
     """Path of a shared file; skips when absent, fails instead with BIOTUNE_REQUIRE_SHARED=1."""
     path = SHARED / relative

@@ -200,6 +200,6 @@ def preprocess(
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     for start in range(0, len(images), chunk):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk]))
+        batch = torch.from_numpy(np.array(images[start : start + chunk], copy=True, order="C"))
         out[start : start + len(batch)] = to_float(batch, image_size=image_size, mean=mean_t, std=std_t)
     return out

@@ -84,9 +84,21 @@ def _valid(folder: Path, signature: str) -> bool:
     return meta.get("version") == STORE_VERSION and meta.get("signature") == signature
 
 
-def _write(folder: Path, signature: str, fill: Callable[[Path], dict]) -> None:
-    """Write a store into a temporary sibling with ``fill(tmp) -> meta``, then rename it into place."""
+def _write(folder: Path, signature: str, fill: Callable[[Path], dict], need: int) -> None:
+    """Write a store of about ``need`` bytes into a temporary sibling with ``fill(tmp) -> meta``, then
+    rename it into place.
+
+    Raises:
+        BioTuneError: the disk has less than ``need`` free; nothing is written.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder.parent).free
+    if need > free:
+        raise BioTuneError(
+            f"the dataset store needs about {need / 2**30:.2f} GB on disk but {free / 2**30:.2f} GB is free in "
+            f"{folder.parent}; point --cache-dir at a larger disk (the store goes to <cache-dir>/store) or use a "
+            "smaller --image-size"
+        )
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         meta = fill(tmp)
@@ -145,6 +157,15 @@ def _stored_side(path: Path) -> int | None:
         return None
 
 
+def _npz_bytes(path: Path) -> int:
+    """The uncompressed size of an ``.npz``'s image arrays (what a store of them takes at most)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in archive.infolist() if i.filename.startswith("x_"))
+    except (OSError, zipfile.BadZipFile):
+        return 0
+
+
 def open_npz(path: Path, root: Path, size: int, read: Callable[[Path], ImageDataset]) -> ImageDataset:
     """``path`` (an ``.npz``) as a store under ``root``: written once (checked by ``read``), then mapped.
 
@@ -163,7 +184,7 @@ def open_npz(path: Path, root: Path, size: int, read: Callable[[Path], ImageData
                     _copy_split(tmp, split, x, y, size)
             return {"name": ds.name, "classes": list(ds.classes), "source": str(path)}
 
-        _write(folder, signature, fill)
+        _write(folder, signature, fill, _npz_bytes(path))
         logger.info("dataset %s stored once as uint8 in %s", path, folder)
     return _read(folder)
 
@@ -206,6 +227,6 @@ def open_folder(root_dir: Path, root: Path, size: int, *, progress: bool = False
                 os.replace(tmp / f"y_{split}.new.npy", tmp / f"y_{split}.npy")
         return {"name": root_dir.name, "classes": list(classes), "source": str(root_dir)}
 
-    _write(folder, signature, fill)
+    _write(folder, signature, fill, sum(len(f) for f in files.values()) * size * size * 3)
     logger.info("ImageFolder %s stored once as uint8 in %s", root_dir, folder)
     return _read(folder)

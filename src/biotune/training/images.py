@@ -106,11 +106,8 @@ class DeviceImages:
         """The rows ``key`` (a slice, or positions) as a uint8 N×H×W×C tensor on the device."""
         if isinstance(key, torch.Tensor):
             key = key.cpu().numpy()
-        if isinstance(key, slice):
-            array = np.asarray(self.rows[key])
-        else:
-            array = np.asarray(self.rows[np.asarray(key, dtype=np.int64)])
-        batch = torch.from_numpy(np.ascontiguousarray(array))
+        rows = self.rows[key] if isinstance(key, slice) else self.rows[np.asarray(key, dtype=np.int64)]
+        batch = torch.from_numpy(np.array(rows, copy=True, order="C"))  # a read-only map is not a tensor's storage
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
@@ -140,7 +137,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator, *, scale=(0.08, 1.0
     x0 = torch.rand(n, generator=generator) * (w - cw)
     y0 = torch.rand(n, generator=generator) * (h - ch)
     boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1).to(batch.device)
-    out = roi_align(batch.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    out = roi_align(batch.float(), boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
     flip = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
     out = torch.where(flip.view(n, 1, 1, 1), out.flip(-1), out).to(batch.dtype)
     return out.contiguous(memory_format=torch.channels_last) if batch.is_contiguous(memory_format=torch.channels_last) \
