@@ -18,6 +18,8 @@ class Progress(SearchListener):
         self.epochs = None
         self.final = None
         self._epochs_total = 0
+        self._images = 0  # training images of one epoch of the runs now running (0: unknown)
+        self._final_images = 0
 
     def set_epochs(self, n: int) -> None:
         self._epochs_total = n
@@ -25,6 +27,7 @@ class Progress(SearchListener):
     def on_estimate(self, estimate) -> None:
         for line in estimate.lines():
             tqdm.write(line, file=sys.stderr)
+        self._images, self._final_images = getattr(estimate, "epoch_images", (0, 0))
 
     def on_generation_start(self, generation, fold, candidates) -> None:
         self.search.set_description(f"search gen {generation} fold {fold}")
@@ -36,9 +39,12 @@ class Progress(SearchListener):
         if self.epochs is None or epoch == 1:
             self._close_epochs()
             self.epochs = tqdm(total=self._epochs_total, desc="  run", leave=False, disable=not self.enabled,
-                               dynamic_ncols=True, bar_format="{desc}: epoch {n}/{total} |{bar}| {postfix}")
+                               dynamic_ncols=True,
+                               bar_format="{desc}: epoch {n}/{total} |{bar}| {elapsed}<{remaining} {postfix}")
         self.epochs.update(1)
-        self.epochs.set_postfix(val_acc=f"{val_accuracy:.3f}", loss=f"{train_loss:.3f}")
+        rate = self.epochs.format_dict.get("rate")  # epochs per second, smoothed by tqdm
+        extra = {"img/s": f"{rate * self._images:.0f}"} if rate and self._images else {}
+        self.epochs.set_postfix(val_acc=f"{val_accuracy:.3f}", loss=f"{train_loss:.3f}", **extra)
 
     def _close_epochs(self) -> None:
         if self.epochs is not None:
@@ -53,6 +59,7 @@ class Progress(SearchListener):
 
     def on_final_start(self, n_runs) -> None:
         self._close_epochs()
+        self._images = self._final_images or self._images
         self.search.close()
         self.final = tqdm(total=n_runs, desc="final fine-tune", unit="run", disable=not self.enabled, dynamic_ncols=True)
 

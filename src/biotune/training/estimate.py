@@ -69,6 +69,7 @@ class Estimate:
         final_seconds: (low, high) seconds of the whole final phase.
         notes: further lines the plan prints (e.g. the expected saving of pruning).
         memory: what the job needs in disk, RAM and device memory (:mod:`biotune.training.memory`).
+        epoch_images: training images of one epoch of a search run and of a final run.
     """
 
     evaluations: int
@@ -86,6 +87,7 @@ class Estimate:
     final_seconds: tuple[float, float] = (0.0, 0.0)
     notes: tuple[str, ...] = ()
     memory: Any = None
+    epoch_images: tuple[int, int] = (0, 0)
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
@@ -265,4 +267,5 @@ def estimate_runs(speed: Speed, *, runs: int, train_images: int, val_images: int
     low = search_rounds * round_seconds[0] + final_seconds[0]
     high = search_rounds * round_seconds[1] + final_seconds[1]
     return Estimate(evaluations, search_runs, runs, epochs, patience, low, high, speed, workers,
-                    search_rounds, final_rounds, round_seconds, final_seconds)
+                    search_rounds, final_rounds, round_seconds, final_seconds,
+                    epoch_images=(search_train_images, train_images))
