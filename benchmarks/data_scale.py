@@ -24,6 +24,10 @@ checkout's. Every figure is measured in its own subprocess and printed as it lan
    training images per second of the best of each.
 4. **an epoch's time split** on the CPU: gathering + converting the batches against the training
    steps, test_efficientnet and efficientnet_lite0 at 224 px.
+5. **old and new numbers** (``--only equivalence``): the quick default on digits (best fitness and
+   test accuracy in best.json), and the fitness of three configurations (full fine-tuning, the
+   head alone, the last half of the blocks) on 2,000 USPS images at 64 px, with the old and the
+   new path.
 """
 
 from __future__ import annotations
@@ -124,6 +128,51 @@ def measure_throughput(dataset: str, size: int) -> dict:
             "train_images": outcome.train_images}
 
 
+def measure_fitness(dataset: str, size: int) -> dict:
+    import torch
+
+    from biotune.training.session import RunRequest
+
+    torch.set_num_threads(2)
+    session = _session(dataset, size, model="efficientnet_lite0")
+    n = len(session.blocks)
+    configs = {"FT": (1e-3,) * n, "head": (0.0,) * (n - 1) + (1e-3,),
+               "last half": (0.0,) * (n - n // 2) + (1e-3,) * (n // 2)}
+    out = {}
+    for name, lrs in configs.items():
+        r = session.perform(RunRequest(lrs, 0, 0))
+        out[name] = {"best_val_accuracy": r.best_val_accuracy, "val_accuracies": list(r.val_accuracies)}
+    return out
+
+
+def default_digits(work: Path, src: Path, label: str) -> dict:
+    run_dir = work / f"default-{label}"
+    subprocess.run([sys.executable, "-m", "biotune", "search", "--run-dir", str(run_dir), "--no-progress",
+                    "--threads", "2"], env=_env(src, work / f"data-{label}"), check=True, capture_output=True,
+                   timeout=3600)
+    best = json.loads((run_dir / "best.json").read_text())
+    return {k: best[k] for k in ("fitness", "test_accuracy_mean", "genes", "threshold")}
+
+
+def equivalence(old: Path, work: Path, report) -> None:
+    subset = _usps_subset(work)
+    for label, src in (("old", old), ("new", SRC)):
+        report(f"equivalence/fitness/{label}", _child(["_fitness", str(subset), "64"], src, work / f"data-{label}"))
+    for label, src in (("old", old), ("new", SRC)):
+        report(f"equivalence/default_digits/{label}", default_digits(work, src, label))
+
+
+def _usps_subset(work: Path) -> Path:
+    import numpy as np
+
+    subset = work / "usps-2000.npz"
+    if not subset.is_file():
+        with np.load(SHARED / "usps.npz") as z:
+            np.savez(subset, x_train=z["x_train"][:2000], y_train=z["y_train"][:2000], x_test=z["x_test"][:500],
+                     y_test=z["y_test"][:500], classes=z["classes"])
+    return subset
+
+
 def measure_split(dataset: str, size: int, model: str, images: int) -> dict:
     import torch
     from torch import nn
@@ -216,16 +265,23 @@ def main() -> None:
     parser.add_argument("--old-src", type=Path, required=True, help="a checkout of BioTune before the store")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "data_scale.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "biotune-data-scale")
+    parser.add_argument("--only", choices=("scale", "equivalence"), default=None,
+                        help="run one part (default: both; results are merged into --out)")
     args = parser.parse_args()
     work = args.work
     (work / "data").mkdir(parents=True, exist_ok=True)
     old = args.old_src.resolve() / "src"
-    results: dict = {}
+    results: dict = json.loads(args.out.read_text()) if args.out.is_file() else {}
 
     def report(key, value):
         results[key] = value
         print(f"{key}: {json.dumps(value)}", flush=True)
         args.out.write_text(json.dumps(results, indent=1))
+
+    if args.only != "scale":
+        equivalence(old, work, report)
+    if args.only == "equivalence":
+        return
 
     synth224 = _synthetic(work / "synthetic-2000-224px.npz", 2000, 20, 224)
     usps = SHARED / "usps.npz"
@@ -240,13 +296,7 @@ def main() -> None:
     report("search40k/old_float_copy_bytes", 40000 * 3 * 224 * 224 * 4)
     report("search40k/new", search_peak(big, work))
 
-    subset = work / "usps-2000.npz"
-    if not subset.is_file():
-        import numpy as np
-
-        with np.load(usps) as z:
-            np.savez(subset, x_train=z["x_train"][:2000], y_train=z["y_train"][:2000], x_test=z["x_test"][:500],
-                     y_test=z["y_test"][:500], classes=z["classes"])
+    subset = _usps_subset(work)
     runs = {"old": [], "new": []}
     for _ in range(3):
         for label, src in (("old", old), ("new", SRC)):
@@ -268,6 +318,8 @@ if __name__ == "__main__":
             print("{}")
         elif kind == "_throughput":
             print(json.dumps(measure_throughput(rest[0], int(rest[1]))))
+        elif kind == "_fitness":
+            print(json.dumps(measure_fitness(rest[0], int(rest[1]))))
         elif kind == "_split":
             print(json.dumps(measure_split(rest[0], int(rest[1]), rest[2], int(rest[3]))))
     else:

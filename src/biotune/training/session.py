@@ -202,8 +202,9 @@ class Session:
         default_size = default_input_size(model.name)
         native = data.image_size == NATIVE
         read_size = default_size if native else resolve_image_size(data.image_size, data.dataset, default_size)[0]
-        # The store keeps images at the smaller of their size and the training size; native keeps theirs.
-        keep = 2048 if native and not Path(data.dataset).expanduser().is_dir() else read_size
+        # The store keeps images at the smaller of their size and the training size; native keeps an
+        # .npz's own size (a named dataset's conversion size is the model's, as before).
+        keep = 2048 if native and data.dataset.endswith(".npz") else read_size
         ds = load_dataset(data.dataset, image_size=keep, data_dir=runtime.data_dir, store_dir=store_dir(runtime),
                           progress=runtime.progress)
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
