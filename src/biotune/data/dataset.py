@@ -1,12 +1,13 @@
-"""Datasets as in-memory tensors: one entry point to load any source, stratified splits and
-folds, preprocessing.
+"""Datasets as uint8 arrays: one entry point to load any source, stratified splits and folds,
+the conversion to normalised float.
 
 A dataset is uint8 images (N×H×W×C) with int64 labels 0..K−1 and K class names. Sources: the
 bundled scikit-learn ``digits`` (offline default), an ``.npz`` file in the format of
 ``shared/data/README.md``, an ImageFolder directory (``root/<class>/*.jpg``, optionally
-with ``train/``, ``val/``, ``test/`` subfolders) — read by :mod:`biotune.readers` — or one of
-the paper's datasets by name (:mod:`biotune.data.catalog`). Images are resized and normalised once
-(:func:`preprocess`), never per epoch.
+with ``train/``, ``val/``, ``test/`` subfolders) — read by :mod:`biotune.data.readers` — or one
+of the paper's datasets by name (:mod:`biotune.data.catalog`). With a store directory, files and
+folders are memory-mapped from a uint8 store on disk (:mod:`biotune.data.store`); splits are rows
+of it (:class:`ImageRows`), never copies. Images become float batch by batch (:func:`to_float`).
 """
 
 from __future__ import annotations
