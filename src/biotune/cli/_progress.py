@@ -55,7 +55,9 @@ class Progress(SearchListener):
         self.search.update(1)
         best = getattr(self, "_best", 1.0)
         self._best = min(best, record.evaluation.fitness)
-        self.search.set_postfix(best_fitness=f"{self._best:.4f}")
+        self._pruned = getattr(self, "_pruned", 0) + (record.source != "memo" and record.evaluation.pruned)
+        extra = {"pruned": self._pruned} if self._pruned else {}
+        self.search.set_postfix(best_fitness=f"{self._best:.4f}", **extra)
 
     def on_final_start(self, n_runs) -> None:
         self._close_epochs()

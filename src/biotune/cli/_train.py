@@ -56,6 +56,10 @@ def cmd_search(args) -> int:
         print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
     stop = best["search_stop"]
+    if stop.get("evaluations_pruned"):
+        search = best["compute"]["search"]
+        print(f"pruned ({stop['pruner']})  : {stop['evaluations_pruned']} of {stop['evaluations']} evaluations "
+              f"stopped early; the search trained {search['epochs']} epochs")
     if stop["stopped_by"] != "generations done":
         print(f"search stopped by                 : {stop['stopped_by']} after {stop['generations_done']} of "
               f"{stop['generations_planned']} generations")
