@@ -58,7 +58,8 @@ def cmd_search(args) -> int:
     stop = best["search_stop"]
     if stop.get("evaluations_pruned"):
         search = best["compute"]["search"]
-        print(f"pruned ({stop['pruner']})  : {stop['evaluations_pruned']} of {stop['evaluations']} evaluations "
+        label = f"pruned ({stop['pruner']})"
+        print(f"{label:34s}: {stop['evaluations_pruned']} of {stop['evaluations']} evaluations "
               f"stopped early; the search trained {search['epochs']} epochs")
     if stop["stopped_by"] != "generations done":
         print(f"search stopped by                 : {stop['stopped_by']} after {stop['generations_done']} of "
