@@ -26,7 +26,7 @@ class StubExecutor(Executor):
         self.accuracy = accuracy
         self.requests = []
 
-    def run(self, requests, on_result, on_epoch=None):
+    def run(self, requests, on_result, on_epoch=None, may_start=None):
         for i, r in enumerate(requests):
             self.requests.append(r)
             acc = self.accuracy(r)
@@ -176,7 +176,7 @@ def test_top_k_selection_chooses_the_best_validation_accuracy_not_test():
         def __init__(self):
             self.n = 0
 
-        def run(self, requests, on_result, on_epoch=None):
+        def run(self, requests, on_result, on_epoch=None, may_start=None):
             for i, r in enumerate(requests):
                 c = [j for j, g in enumerate(candidates) if decode(np.asarray(g), 1e-3).lrs == r.lrs][0]
                 self.n += 1

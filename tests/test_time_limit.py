@@ -78,7 +78,8 @@ def test_a_run_stopped_by_its_time_limit_finishes_with_the_best_it_has(tmp_path,
     assert len(result.search.generations) == 1  # only the first generation, which always runs
     best = json.loads((tmp_path / "limited" / "best.json").read_text())
     assert best["search_stop"] == {"stopped_by": "time limit", "generations_done": 1, "generations_planned": 3,
-                                   "time_limit_seconds": 1.0}
+                                   "time_limit_seconds": 1.0, "pruner": "successive-halving",
+                                   "evaluations_pruned": 0, "evaluations": 3}
     assert (tmp_path / "limited" / "model" / "model.safetensors").is_file()  # the final phase still delivers
 
 
@@ -91,3 +92,72 @@ def test_cli_time_limit_in_the_plan_and_a_bad_one_refused(tmp_path, capsys):
     assert main([*args, "--time-limit", "soon"]) == 2
     assert "`time_limit`: not a duration: 'soon'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_within_a_generation_a_run_starts_only_if_it_and_the_final_phase_fit(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(plan_module.time, "perf_counter", clock)
+    budget = TimeBudget(10.0, _estimate(), (4, 3, 3), start=0.0)  # a run: 1 s; the final phase: 4 s
+    clock.now = 4.9
+    assert budget.may_start()  # 4.9 + 1 + 4 <= 10
+    clock.now = 5.1
+    assert not budget.may_start()  # this run would end the limit's last second inside the final phase
+
+
+def test_a_generation_cut_by_the_time_limit_is_not_told_and_a_resume_runs_only_what_was_not_started(tmp_path):
+    import numpy as np
+
+    from biotune.config import SearchConfig
+    from biotune.search.engines import make_engine
+    from biotune.search.fitness import FitnessEvaluator
+    from biotune.search.loop import run_search
+    from biotune.search.study import TrialStore, gene_names
+    from biotune.training.executor import LocalExecutor
+    from biotune.training.session import RunOutcome
+
+    class Session:  # answers any run at once; counts what it trained
+        def __init__(self):
+            self.requests = []
+
+        def perform(self, request, on_epoch=None):
+            self.requests.append(request)
+            acc = 0.5 + 0.1 * float(np.mean(request.lrs) > 0.001)
+            return RunOutcome(acc, 1, 1, 0.0, False, train_images=10, val_accuracies=(acc,))
+
+    class Budget:  # generations always allowed; within them, the first `runs` starts only
+        def __init__(self, runs):
+            self.left = runs
+
+        def allows(self, generation):
+            return True
+
+        def observe(self, generation, seconds):
+            pass
+
+        def may_start(self):
+            self.left -= 1
+            return self.left >= 0
+
+    search = SearchConfig(population=4, elites=1, generations=2, seeds=1, fraction=0.5, warm_start=False)
+    names = gene_names(["a", "b", "c"])
+    url = f"sqlite:///{tmp_path / 's.db'}"
+
+    def search_once(budget):
+        session = Session()
+        evaluator = FitnessEvaluator(LocalExecutor(session), search.n_folds, (5,), 1e-3, "ctx")
+        result = run_search(make_engine("tpe", 3, search, 0), evaluator, TrialStore(url, "s", names, {}), budget=budget)
+        return result, session
+
+    cut, first = search_once(Budget(2))
+    assert cut.stopped_by == "time limit" and len(cut.generations) == 1  # generation 1 was cut: not told
+    assert len(first.requests) == 4 + 2  # generation 0 whole, then the two runs that could start
+    assert sum(1 for r in cut.history if r.candidate.generation == 1) == 2 and cut.ranking
+    resumed, second = search_once(None)
+    assert resumed.stopped_by == "generations done" and len(resumed.generations) == 3
+    assert sum(1 for r in resumed.history if r.source == "study") == 6  # nothing run twice
+    uninterrupted_url = f"sqlite:///{tmp_path / 'u.db'}"
+    session = Session()
+    evaluator = FitnessEvaluator(LocalExecutor(session), search.n_folds, (5,), 1e-3, "ctx")
+    full = run_search(make_engine("tpe", 3, search, 0), evaluator, TrialStore(uninterrupted_url, "s", names, {}))
+    assert [r.evaluation.fitness for r in resumed.history] == [r.evaluation.fitness for r in full.history]
+    assert resumed.best_genes == full.best_genes

@@ -177,7 +177,9 @@ class FitnessEvaluator:
     def evaluate(self, genome: np.ndarray, fold: int, *, seeds: Sequence[int] | None = None,
                  on_epoch: OnEpoch | None = None) -> Evaluation:
         """Φ of ``genome`` trained on ``fold`` (with ``seeds``, default the next replicate's)."""
-        return self.evaluate_many([(genome, fold)], seeds=None if seeds is None else [seeds], on_epoch=on_epoch)[0]
+        # Without may_start every item is evaluated: never None.
+        return self.evaluate_many([(genome, fold)], seeds=None if seeds is None else [seeds],  # type: ignore[return-value]
+                                  on_epoch=on_epoch)[0]
 
     def evaluate_many(
         self,
@@ -187,7 +189,8 @@ class FitnessEvaluator:
         on_evaluated: Callable[[int, Evaluation], None] | None = None,
         on_epoch: OnEpoch | None = None,
         pruning: Sequence[Any] | None = None,
-    ) -> list[Evaluation]:
+        may_start: Callable[[], bool] | None = None,
+    ) -> list[Evaluation | None]:
         """Φ of each ``(genome, fold)``; the runs not in the memo go to the executor together.
 
         ``seeds`` gives each item's training seeds; by default each item gets the next
@@ -196,6 +199,8 @@ class FitnessEvaluator:
         is called as soon as all runs of an item are known (items already memoised first), so
         results can be recorded while others train. A run shared by several items is trained
         once. ``pruning`` gives each item's :class:`~biotune.search.pruning.PruneCheck` (or None).
+        ``may_start`` is asked before each run starts (a time limit); an item whose runs were not
+        all run is ``None`` in the result.
         """
         decoded = [decode(genome, self.base_lr) for genome, _ in items]  # once per item
         if seeds is None:
@@ -227,8 +232,11 @@ class FitnessEvaluator:
 
         settle()
         if order:
-            self.executor.run([requests[k] for k in order], on_result, on_epoch)
-        return out  # type: ignore[return-value]
+            if may_start is None:
+                self.executor.run([requests[k] for k in order], on_result, on_epoch)
+            else:
+                self.executor.run([requests[k] for k in order], on_result, on_epoch, may_start=may_start)
+        return out
 
     def _assemble(self, keys: Sequence[tuple], seeds: Sequence[int], fold: int,
                   fresh: dict[tuple, RunOutcome]) -> Evaluation:

@@ -189,9 +189,19 @@ def run_search(
         fold = g % n_folds
         listener.on_generation_start(g, fold, batch)
         checks = (pruner or Pruner("none", 1)).checks(references, offset, len(batch))
-        records = _answer_batch(batch, fold, evaluator, store, stored, listener, checks)
+        # Within a generation after the first, a run starts only if it and the final phase still fit.
+        may_start = budget.may_start if budget is not None and asked > 0 else None
+        answered = _answer_batch(batch, fold, evaluator, store, stored, listener, checks, may_start)
+        records = [r for r in answered if r is not None]
         history.extend(records)
-        references += [Reference(offset + i, r.evaluation.curve, r.evaluation.pruned) for i, r in enumerate(records)
+        if len(records) < len(batch):  # the time limit came within this generation: it is not told
+            stopped_by = "time limit"
+            logger.warning("time limit: %d of generation %d's %d evaluations were not started; the search stops "
+                           "with %d complete generation(s)", len(batch) - len(records), g, len(batch), asked)
+            for record in records:
+                seen.setdefault(decode(record.candidate.array, 1.0).key(), record.candidate.genes)
+            break
+        references += [Reference(offset + r.candidate.slot, r.evaluation.curve, r.evaluation.pruned) for r in records
                        if r.source != "memo" and not r.evaluation.diverged]
         offset += len(batch)
         for record in records:
@@ -219,13 +229,15 @@ def run_search(
     )
 
 
-def _answer_batch(batch, fold, evaluator, store, stored, listener, checks) -> list[EvaluationRecord]:
+def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
+                  may_start=None) -> list[EvaluationRecord | None]:
     """Records of one generation, in slot order: read back, memoised, or trained together.
 
     Each candidate's seeds (its configuration's next replicate on the fold) are fixed from
     the evidence before the batch, so a resumed batch asks exactly what the first process
     asked. A configuration asked twice is trained once and recorded as one trial; the
-    duplicate is answered from the memo afterwards.
+    duplicate is answered from the memo afterwards. With ``may_start`` (a time limit), the
+    evaluations not started are ``None`` and their trials failed, so a resume runs them.
     """
     seeds = [evaluator.seeds_for(c.array, fold) for c in batch]
     records: list[EvaluationRecord | None] = [None] * len(batch)
@@ -266,15 +278,18 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener, checks) -> li
 
     try:
         evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
-                                on_evaluated=finished, on_epoch=listener.on_epoch, pruning=[checks[i] for i in to_train])
+                                on_evaluated=finished, on_epoch=listener.on_epoch, pruning=[checks[i] for i in to_train],
+                                may_start=may_start)
     except BaseException as err:
         # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
         if not isinstance(err, KeyboardInterrupt):
             for trial in trials.values():
                 store.fail(trial, f"{type(err).__name__}: {err}")
         raise
+    for i, trial in trials.items():  # not started before the time limit: failed, evaluated on resume
+        store.fail(trial, "not started: the time limit came first")
     for i, cand in enumerate(batch):
-        if records[i] is None:
+        if records[i] is None and evaluator.is_memoised(cand.array, fold, seeds[i]):
             records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=seeds[i]), "memo", None)
             listener.on_evaluation(records[i])
-    return records  # type: ignore[return-value]
+    return records

@@ -75,7 +75,9 @@ class TimeBudget:
     round's length is the estimate's until a generation has run, then the slowest round
     measured so far; the final phase is the estimate's full budget (every run to its last
     epoch) scaled by how the measured rounds compare with the estimated ones, never below
-    the estimate's earliest stop. The first generation always runs.
+    the estimate's earliest stop. The first generation always runs. Within a later generation,
+    :meth:`may_start` is asked before each run, so a generation that runs longer than its
+    estimate is cut short (its runs not started are left to a resume) rather than overrun.
 
     Args:
         limit: seconds for the search and its final phase, from ``start``.
@@ -114,6 +116,13 @@ class TimeBudget:
         if not fits and self.stopped_at is None:
             self.stopped_at = generation
         return fits
+
+    def may_start(self) -> bool:
+        """Whether one more run (the slowest round measured, else the estimate's full run) and the
+        final phase still fit: asked before each run of a generation after the first, so the
+        limit is kept to within one run's length even when a generation takes longer than planned."""
+        run = self.observed_round or self.estimate.round_seconds[1]
+        return time.perf_counter() - self.start + run + self._final() <= self.limit
 
     def fitting_generations(self) -> int:
         """Generations that fit the limit by the estimate alone (for the plan)."""

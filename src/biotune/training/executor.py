@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 OnResult = Callable[[int, RunOutcome], None]
 OnEpoch = Callable[[int, float, float], None]
+MayStart = Callable[[], bool]
 
 
 class Executor:
@@ -43,8 +44,13 @@ class Executor:
 
     parallel = False
 
-    def run(self, requests: Sequence[RunRequest], on_result: OnResult, on_epoch: OnEpoch | None = None) -> None:
-        """Perform every request; ``on_result(index, outcome)`` as each finishes (any order)."""
+    def run(self, requests: Sequence[RunRequest], on_result: OnResult, on_epoch: OnEpoch | None = None,
+            may_start: MayStart | None = None) -> None:
+        """Perform the requests; ``on_result(index, outcome)`` as each finishes (any order).
+
+        ``may_start()`` is asked before each run starts; once it says no, no further run starts
+        (runs in flight finish) and the rest are left undone: a time limit.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -63,8 +69,10 @@ class LocalExecutor(Executor):
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def run(self, requests, on_result, on_epoch=None) -> None:
+    def run(self, requests, on_result, on_epoch=None, may_start=None) -> None:
         for i, request in enumerate(requests):
+            if may_start is not None and not may_start():
+                return
             on_result(i, self.session.perform(request, on_epoch))
 
 
@@ -120,41 +128,55 @@ class ProcessExecutor(Executor):
         # ProcessPoolExecutor has no public accessor for its processes before Python 3.14.
         return [] if self._pool is None else [p.pid for p in self._pool._processes.values()]  # type: ignore[attr-defined]
 
-    def run(self, requests, on_result, on_epoch=None) -> None:
-        todo = dict(enumerate(requests))
+    def run(self, requests, on_result, on_epoch=None, may_start=None) -> None:
+        # One run per worker in flight, the next submitted as one finishes: a run is only started
+        # when a worker is free for it, so ``may_start`` is asked when it really starts.
+        queue = list(enumerate(requests))
         attempts: Counter[int] = Counter()
-        while todo:
+        in_flight: dict = {}
+        while queue or in_flight:
             if self._pool is None:
                 self._pool = self._start()
-            try:
-                futures = {self._pool.submit(_perform_in_process, r): i for i, r in todo.items()}
-            except BrokenProcessPool:
-                logger.warning("a worker process died after its runs had finished; starting new workers")
-                self._kill()
-                continue
-            lost = False
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    i = futures[future]
+            broken = False
+            while queue and len(in_flight) < len(self.devices) and (may_start is None or may_start()):
+                i, request = queue[0]
+                try:
+                    in_flight[self._pool.submit(_perform_in_process, request)] = i
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                queue.pop(0)
+            if not in_flight and not broken:
+                return  # nothing in flight and nothing may start: the rest stays undone
+            lost: list[int] = []
+            if in_flight:
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = in_flight.pop(future)
                     try:
                         outcome = future.result()
                     except BrokenProcessPool:
-                        lost = True
+                        lost.append(i)
                         continue
-                    del todo[i]
                     on_result(i, outcome)
-            if lost:
-                self._kill()
-                for i in todo:
-                    attempts[i] += 1
-                    if attempts[i] > self.max_retries:
-                        raise BioTuneError(
-                            f"a worker process died {attempts[i]} times while running {todo[i]}; "
-                            "see the log above (out of memory? lower --batch-size or --workers)"
-                        )
-                logger.warning("a worker process died; submitting its %d unfinished run(s) again", len(todo))
+            if not (lost or broken):
+                continue
+            # A dead worker breaks the pool: every run in flight is lost with it.
+            lost += list(in_flight.values())
+            in_flight.clear()
+            self._kill()
+            if not lost:
+                logger.warning("a worker process died after its runs had finished; starting new workers")
+                continue
+            for i in lost:
+                attempts[i] += 1
+                if attempts[i] > self.max_retries:
+                    raise BioTuneError(
+                        f"a worker process died {attempts[i]} times while running {requests[i]}; "
+                        "see the log above (out of memory? lower --batch-size or --workers)"
+                    )
+            queue = [(i, requests[i]) for i in sorted(lost)] + queue
+            logger.warning("a worker process died; submitting its %d unfinished run(s) again", len(lost))
 
     def _kill(self) -> None:
         if self._pool is None:
@@ -227,7 +249,7 @@ class RayExecutor(Executor):
         self._task = ray.remote(_perform_on_ray).options(num_cpus=threads, num_gpus=gpus, max_retries=max_retries)
         self._spec = ray.put(spec)
 
-    def run(self, requests, on_result, on_epoch=None) -> None:
+    def run(self, requests, on_result, on_epoch=None, may_start=None) -> None:
         ray = self._ray
         lost_errors = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError)
         queue = list(enumerate(requests))
@@ -235,9 +257,11 @@ class RayExecutor(Executor):
         in_flight: dict = {}
         try:
             while queue or in_flight:
-                while queue and len(in_flight) < self.workers:
+                while queue and len(in_flight) < self.workers and (may_start is None or may_start()):
                     i, request = queue.pop(0)
                     in_flight[self._task.remote(self._spec, request, self.threads)] = i
+                if not in_flight:
+                    return  # nothing may start: the rest stays undone
                 done, _ = ray.wait(list(in_flight), num_returns=1, timeout=_NODE_POLL_SECONDS)
                 self._check_nodes(len(in_flight))
                 for ref in done:
