@@ -162,9 +162,9 @@ def _same_result(best: dict, ref: dict) -> None:
 
 
 def _evaluations(url: str, run_dir: Path) -> Counter:
-    """How often each evaluation (generation, role, candidate) is stored as complete."""
+    """How often each evaluation (generation, role, candidate) is stored as complete or pruned."""
     study = optuna.load_study(study_name=f"biotune-{run_dir.name}", storage=with_driver(url))
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     return Counter(json.dumps({k: v for k, v in t.user_attrs.items() if k in ("generation", "slot", "role", "fold")},
                               sort_keys=True) for t in done)
 
