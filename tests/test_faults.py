@@ -57,7 +57,7 @@ def _trial_rows(db: Path) -> list[tuple[str, int, int]]:
 def _complete_keys(db: Path) -> list[tuple[int, int]]:
     """Finished evaluations; none while the database is absent or its tables not yet created."""
     try:
-        return [(g, s) for state, g, s in _trial_rows(db) if state == "COMPLETE"] if db.exists() else []
+        return [(g, s) for state, g, s in _trial_rows(db) if state in ("COMPLETE", "PRUNED")] if db.exists() else []
     except sqlite3.OperationalError:
         return []
 
@@ -134,7 +134,7 @@ def test_sigterm_and_sigint_stop_cleanly_with_exit_130(tmp_path, sig):
     assert "Resume with the same command" in err and "--run-dir" in err and "Traceback" not in err
     assert not list(run_dir.glob(".*.tmp"))
     states = Counter(state for state, _, _ in _trial_rows(run_dir / "study.db"))
-    assert states["COMPLETE"] >= 2
+    assert states["COMPLETE"] + states["PRUNED"] >= 2
 
 
 def test_diverging_configuration_gets_the_worst_fitness_and_a_reason(tmp_path):
