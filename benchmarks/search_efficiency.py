@@ -5,8 +5,8 @@ or pruning) and ``OUT/runs-new.jsonl`` (today's default TPE, ftlr and FT) and pr
 
     search-efficiency: <dataset> new=<test acc %>@<search epochs> old=<acc>@<epochs> ftlr=<acc>@<epochs>
 
-(means over runs; epochs are the training epochs of the search, or of ftlr's learning-rate
-tuning), the same over the datasets, whether each target of issue 22 is met, and writes
+(means over the runs that every arm finished, paired by run; epochs are the training epochs of
+the search, or of ftlr's learning-rate tuning), the same over the datasets, whether each target of issue 22 is met, and writes
 ``OUT/accuracy-vs-compute.png``: test accuracy against all training epochs (search and final) of
 each method, per dataset.
 """
@@ -50,7 +50,10 @@ def summary(out: Path) -> None:
     datasets = [d for d in ORDER if any(k[0] == d for k in cells)]
     rows = {}
     for d in datasets:
-        rows[d] = {arm: _stats(cells[d, arm]) for arm in ("new", "old", "ftlr", "ft") if cells[d, arm]}
+        # Paired: only the runs every compared arm finished (same seeds, folds and splits).
+        common = set.intersection(*[{r["run"] for r in cells[d, arm]} for arm in ("new", "old", "ftlr")])
+        paired = {arm: [r for r in cells[d, arm] if r["run"] in common] for arm in ("new", "old", "ftlr", "ft")}
+        rows[d] = {arm: _stats(v) for arm, v in paired.items() if v}
         if not all(a in rows[d] for a in ("new", "old", "ftlr")):
             print(f"search-efficiency: {d} incomplete ({', '.join(sorted(rows[d]))})")
             continue

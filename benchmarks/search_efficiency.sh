@@ -4,7 +4,7 @@
 # 64 px, 3 runs each (issue 22). Sized for 2 CPU cores: about an hour with two shards.
 #
 #   old:  TPE, --no-warm-start --pruner none (the default before)
-#   new:  TPE with today's defaults (warm start, successive-halving pruning)
+#   new:  TPE with the warm start and successive-halving pruning (NEW="--pruner median" for the default)
 #   ftlr: FT whose base learning rate is tuned with as many runs as the search makes (full runs)
 #   ft:   FT at the base learning rate
 #
@@ -18,7 +18,7 @@ WORK=${WORK:-${TMPDIR:-/tmp}/biotune-search-efficiency}
 DATA=${DATA:-../shared/data}
 N=${N:-500}
 RUNS=${RUNS:-3}
-NEW=${NEW:-}  # extra options of the new arm, e.g. NEW="--pruner median" with its own OUT and WORK
+NEW=${NEW:---pruner successive-halving}  # the new arm's pruner; another one with its own OUT and WORK
 SHARDS=(${SHARDS:-flowers102,usps cifar10,mnist})
 COMMON=(biotune compare --data-dir "$WORK" --image-size 64 --epochs 8 --patience 3 --batch-size 64
         --population 4 --elites 1 --generations 2 --seeds 1 --fraction 0.25 --top-k 2 --no-progress)

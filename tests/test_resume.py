@@ -12,7 +12,8 @@ import pytest
 
 ARGS = ["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
         "--image-size", "16", "--epochs", "2", "--patience", "1", "--population", "5", "--elites", "2",
-        "--generations", "2", "--seeds", "1", "--final-runs", "1", "--top-k", "2", "--batch-size", "64", "--no-progress"]
+        "--generations", "2", "--seeds", "1", "--final-runs", "1", "--top-k", "2", "--batch-size", "64", "--no-progress",
+        "--pruner", "successive-halving"]  # prunes in so small a search: pruned trials are resumed too
 
 
 def _cmd(run_dir):

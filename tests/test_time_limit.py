@@ -78,7 +78,7 @@ def test_a_run_stopped_by_its_time_limit_finishes_with_the_best_it_has(tmp_path,
     assert len(result.search.generations) == 1  # only the first generation, which always runs
     best = json.loads((tmp_path / "limited" / "best.json").read_text())
     assert best["search_stop"] == {"stopped_by": "time limit", "generations_done": 1, "generations_planned": 3,
-                                   "time_limit_seconds": 1.0, "pruner": "successive-halving",
+                                   "time_limit_seconds": 1.0, "pruner": "median",
                                    "evaluations_pruned": 0, "evaluations": 3}
     assert (tmp_path / "limited" / "model" / "model.safetensors").is_file()  # the final phase still delivers
 
