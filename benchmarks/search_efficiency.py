@@ -5,8 +5,9 @@ or pruning) and ``OUT/runs-new.jsonl`` (today's default TPE, ftlr and FT) and pr
 
     search-efficiency: <dataset> new=<test acc %>@<search epochs> old=<acc>@<epochs> ftlr=<acc>@<epochs>
 
-(means over the runs that every arm finished, paired by run; epochs are the training epochs of
-the search, or of ftlr's learning-rate tuning), the same over the datasets, whether each target of issue 22 is met, and writes
+(means over runs paired by run index: new and old over the runs both finished, ftlr over the runs
+it and new finished; epochs are the training epochs of the search, or of ftlr's learning-rate
+tuning), the same over the datasets, whether each target of issue 22 is met, and writes
 ``OUT/accuracy-vs-compute.png``: test accuracy against all training epochs (search and final) of
 each method, per dataset.
 """
@@ -50,16 +51,24 @@ def summary(out: Path) -> None:
     datasets = [d for d in ORDER if any(k[0] == d for k in cells)]
     rows = {}
     for d in datasets:
-        # Paired: only the runs every compared arm finished (same seeds, folds and splits).
-        common = set.intersection(*[{r["run"] for r in cells[d, arm]} for arm in ("new", "old", "ftlr")])
-        paired = {arm: [r for r in cells[d, arm] if r["run"] in common] for arm in ("new", "old", "ftlr", "ft")}
-        rows[d] = {arm: _stats(v) for arm, v in paired.items() if v}
+        # Paired: new against old on the runs both finished, new against ftlr on the runs both finished
+        # (same seeds, folds and splits within a run).
+        runs = {arm: {r["run"] for r in cells[d, arm]} for arm in ("new", "old", "ftlr", "ft")}
+        pick = lambda arm, common: [r for r in cells[d, arm] if r["run"] in common]  # noqa: E731
+        with_old, with_ftlr = runs["new"] & runs["old"], runs["new"] & runs["ftlr"]
+        rows[d] = {}
+        if with_old:
+            rows[d]["new"], rows[d]["old"] = _stats(pick("new", with_old)), _stats(pick("old", with_old))
+        if with_ftlr:
+            rows[d]["new_vs_ftlr"], rows[d]["ftlr"] = _stats(pick("new", with_ftlr)), _stats(pick("ftlr", with_ftlr))
+        if runs["ft"]:
+            rows[d]["ft"] = _stats(cells[d, "ft"])
         if not all(a in rows[d] for a in ("new", "old", "ftlr")):
             print(f"search-efficiency: {d} incomplete ({', '.join(sorted(rows[d]))})")
             continue
         n, o, f = rows[d]["new"], rows[d]["old"], rows[d]["ftlr"]
         print(f"search-efficiency: {d} new={n[0]:.2f}@{n[1]:.0f} old={o[0]:.2f}@{o[1]:.0f} ftlr={f[0]:.2f}@{f[1]:.0f}"
-              f"  (runs {n[3]}/{o[3]}/{f[3]})")
+              f"  (runs: new/old {n[3]}, ftlr {f[3]})")
     complete = [d for d in datasets if all(a in rows[d] for a in ("new", "old", "ftlr"))]
     if not complete:
         return
@@ -75,8 +84,8 @@ def summary(out: Path) -> None:
         ok_acc, ok_cost = n[0] >= o[0] - 0.5, n[1] <= 0.5 * o[1]
         print(f"  {d:10s} new - old = {n[0] - o[0]:+.2f} points ({'met' if ok_acc else 'MISSED'}: >= -0.5); "
               f"search epochs {100 * n[1] / o[1]:.0f}% of old ({'met' if ok_cost else 'MISSED'}: <= 50%)")
-    wins = [d for d in complete if rows[d]["new"][0] >= rows[d]["ftlr"][0]]
-    cheaper = [d for d in complete if rows[d]["new"][2] <= rows[d]["ftlr"][2]]
+    wins = [d for d in complete if rows[d]["new_vs_ftlr"][0] >= rows[d]["ftlr"][0]]
+    cheaper = [d for d in complete if rows[d]["new_vs_ftlr"][2] <= rows[d]["ftlr"][2]]
     print(f"  new >= ftlr on {len(wins)} of {len(complete)} ({', '.join(wins) or 'none'}; target: 3); "
           f"new's total epochs <= ftlr's on {len(cheaper)} of {len(complete)}")
     _plot(out, cells, complete)
