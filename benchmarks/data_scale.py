@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -226,12 +227,13 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def search_peak(dataset: Path, work: Path) -> dict:
+def search_peak(dataset: Path, work: Path, cache_memory: str = "2G") -> dict:
     """Peak RSS of a `biotune search` process tree until its first evaluation is stored."""
-    run_dir = work / "run40k"
+    run_dir = work / f"run40k-cache{cache_memory}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(dataset), "--image-size", "224",
            "--model", "test_efficientnet", "--weights", "random", "--preset", "quick", "--epochs", "1",
-           "--threads", "2", "--run-dir", str(run_dir), "--no-progress"]
+           "--threads", "2", "--run-dir", str(run_dir), "--no-progress", "--cache-memory", cache_memory]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_env(SRC, work / "data"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -265,6 +267,8 @@ def main() -> None:
     parser.add_argument("--old-src", type=Path, required=True, help="a checkout of BioTune before the store")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "data_scale.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "biotune-data-scale")
+    parser.add_argument("--search-cache-memory", default=None,
+                        help="only measure the 40,000-image search, with this --cache-memory")
     parser.add_argument("--only", choices=("scale", "equivalence"), default=None,
                         help="run one part (default: both; results are merged into --out)")
     args = parser.parse_args()
@@ -278,6 +282,10 @@ def main() -> None:
         print(f"{key}: {json.dumps(value)}", flush=True)
         args.out.write_text(json.dumps(results, indent=1))
 
+    if args.search_cache_memory:
+        big = _synthetic(work / "synthetic-40000-64px.npz", 40000, 40, 64)
+        report(f"search40k/new/cache-memory-{args.search_cache_memory}", search_peak(big, work, args.search_cache_memory))
+        return
     if args.only != "scale":
         equivalence(old, work, report)
     if args.only == "equivalence":
