@@ -17,6 +17,7 @@ too (:func:`augment`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from typing import Sequence
@@ -76,9 +77,10 @@ class DeviceImages:
             self._digest = h.hexdigest()[:16]
         return f"{self._digest}-{self.image_size}"
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple:
-        """Identifies these images in this process (the prefix cache's memory key)."""
+        """Identifies these images in this process (the prefix cache's memory key); hashed once,
+        not at every run that looks the cache up."""
         index = getattr(self.rows, "index", None)
         base = getattr(self.rows, "base", self.rows)
         return ("images", id(base), None if index is None else hashlib.sha1(index.tobytes()).hexdigest(),
