@@ -81,9 +81,10 @@ def test_a_store_killed_while_written_is_never_used(tmp_path):
         "import time, sys\n"
         "from pathlib import Path\n"
         "import biotune.data.store as s\n"
-        "real = s.read_image\n"
-        "s.read_image = lambda p, n: (time.sleep(0.2), real(p, n))[1]\n"
-        f"s.open_folder(Path({str(root)!r}), Path({str(tmp_path / 's')!r}), 16, workers=1)\n"
+        "from biotune.data.folders import scan_folder\n"
+        "real = s.read_ref\n"
+        "s.read_ref = lambda p, n: (time.sleep(0.2), real(p, n))[1]\n"
+        f"s.open_listing(scan_folder(Path({str(root)!r})), Path({str(tmp_path / 's')!r}), 16, workers=1)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60

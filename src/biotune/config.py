@@ -165,11 +165,29 @@ class DataConfig(_Serialisable):
             resolution (ImageFolder images have none and are read at the model's size).
         val_fraction: share of the training data held out, stratified, for validation when
             the dataset has no validation split of its own.
+        image_column, label_column, split_column, group_column, image_root, class_names,
+        skip_unreadable: how a table or a Hugging Face dataset is read, and whether undecodable
+            files are dropped (see :class:`biotune.data.listing.ReadOptions`; ``None``: the default).
     """
 
     dataset: str = "digits"
     image_size: int | str | None = None
     val_fraction: float = 0.2
+    image_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
+    group_column: str | None = None
+    image_root: str | None = None
+    class_names: str | None = None
+    skip_unreadable: bool = False
+
+    # Fields added after run directories existed: absent from an old config.json means this default.
+    READ_DEFAULTS = {"image_column": None, "label_column": None, "split_column": None, "group_column": None,
+                     "image_root": None, "class_names": None, "skip_unreadable": False}
+
+    def read_options(self) -> dict[str, Any]:
+        """The fields that say how the dataset is read (``ReadOptions(**...)``)."""
+        return {k: getattr(self, k) for k in self.READ_DEFAULTS}
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -177,6 +195,13 @@ class DataConfig(_Serialisable):
         if self.image_size is not None and self.image_size != NATIVE:
             _check_int("image_size", self.image_size, 8, 2048)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
+        for name in self.READ_DEFAULTS:
+            value = getattr(self, name)
+            if name == "skip_unreadable":
+                if not isinstance(value, bool):
+                    raise BioTuneError(f"`skip_unreadable` must be true or false, got {value!r}")
+            elif value is not None and (not isinstance(value, str) or not value.strip()):
+                raise BioTuneError(f"`{name}` must be a non-empty string or None, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,12 @@ class RunResult:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
+    """The settings a resumed run must repeat; reading options at their defaults are left out, so that
+    run directories written before those options existed still resume."""
+    out = {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if DataConfig.READ_DEFAULTS.get(k, object()) != v}
+    return out
 
 
 def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name: str) -> Path:
@@ -238,11 +243,14 @@ class Plan:
             classes, split sizes, weights, device).
         estimate: the measured time estimate.
         budget: the time limit judged on that estimate, when one is given.
+        reading: how the dataset was read: kind, classes with counts, split sizes and where each came
+            from, groups, files skipped, identical images across splits.
     """
 
     resolved: dict[str, Any]
     estimate: Estimate
     budget: TimeBudget | None = None
+    reading: tuple[str, ...] = ()
 
 
 def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = None,
@@ -271,7 +279,7 @@ def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = Non
     }
     estimate = estimate_search(session, config, runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config))
-    return Plan(resolved, estimate, budget)
+    return Plan(resolved, estimate, budget, session.reading)
 
 
 def _open_store(url: str, path: Path, names, document) -> TrialStore:

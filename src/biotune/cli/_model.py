@@ -43,7 +43,10 @@ def cmd_predict(args) -> int:
         raise BioTuneError(f"--out {out}: folder {out.parent} does not exist")
     device = RuntimeConfig(device=args.device).resolve_device()
     loaded = load_model(args.model, device=device)
-    inputs = read_inputs(args.inputs, loaded.classes, loaded.read_size)  # all read and checked first
+    from ..data.listing import ReadOptions
+
+    options = ReadOptions(image_column=args.image_column, label_column=args.label_column, image_root=args.image_root)
+    inputs = read_inputs(args.inputs, loaded.classes, loaded.read_size, options)  # all read and checked first
     with tqdm(total=len(inputs.images), desc="predict", unit="img", disable=args.no_progress,
               dynamic_ncols=True) as bar:
         result = predict(loaded, inputs, batch_size=args.batch_size, top_k=args.top_k, on_batch=bar.update)

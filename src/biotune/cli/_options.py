@@ -31,12 +31,46 @@ def _add_model_options(p: argparse.ArgumentParser, *, search: bool) -> None:
                         "or a .safetensors/.pth state-dict file (default: auto)")
 
 
+_READ_OPTIONS = {"image_column": "image_column", "label_column": "label_column", "split_column": "split_column",
+                 "group_column": "group_column", "image_root": "image_root", "class_names": "class_names"}
+
+
+def _add_read_options(g, *, predict: bool = False) -> None:
+    """How a table or a Hugging Face dataset is read (search, finetune, compare, predict)."""
+    g.add_argument("--image-column", default=None,
+                   help="table or HF dataset: the column of image paths or images (default: the first of image, "
+                        "file_name, filename, path, image_id; HF: its one Image feature)")
+    g.add_argument("--label-column", default=None,
+                   help="the label column (default: label; HF: its one ClassLabel); a comma list names one-hot "
+                        "columns, exactly one positive per row (e.g. MEL,NV,BCC,AKIEC,BKL,DF,VASC)")
+    if predict:
+        return
+    g.add_argument("--split-column", default=None,
+                   help="a column of train/training, val/valid/validation/dev, test/testing (any case), or a "
+                        "boolean 'is validation' (default: a column named split, when there is one)")
+    g.add_argument("--group-column", default=None,
+                   help="a column of groups (patient, lesion, field plot): carved validation/test splits and the "
+                        "search's folds keep each group on one side (stratified where possible)")
+    g.add_argument("--image-root", default=None,
+                   help="folder the table's relative paths start from (default: the table's folder); a value "
+                        "without an image extension is found by file stem anywhere under it")
+    g.add_argument("--class-names", default=None, metavar="FILE",
+                   help="names of integer labels: a text file (one name per line, in label order) or JSON "
+                        "{label: name}")
+    g.add_argument("--skip-unreadable", action="store_true", default=None,
+                   help="drop image files PIL cannot decode, with one warning (default: refuse the dataset, "
+                        "naming every such file)")
+
+
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=None,
                    help="'digits' (bundled, offline); a name: mnist, usps, svhn, cifar10, stl10, flowers102, "
                         "fgvc_aircraft, dtd, isic (official splits, from --data-dir, downloaded when online); "
-                        "an .npz file; or an ImageFolder directory (default: digits)")
+                        "an .npz file; an ImageFolder directory (split folders train/training, val/valid/"
+                        "validation/dev, test/testing, any case); a label table (.csv, .tsv, .parquet, .jsonl) "
+                        "or a folder with metadata.csv/.jsonl; a .zip or .tar(.gz) of any of these; a folder "
+                        "saved by datasets' save_to_disk, or hf:owner/name[:config] (biotune[hf]) (default: digits)")
     g.add_argument("--data-dir", default=None,
                    help="cache directory of named datasets; a <name>.npz there is used as is "
                         "(default: $BIOTUNE_DATA, else ~/.cache/biotune/data)")
@@ -46,6 +80,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "the digits demo; below 64 px a real dataset loses much accuracy and a warning says so)")
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of train held out for validation when the dataset has no validation split (default: 0.2)")
+    _add_read_options(g)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -199,18 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict classes of new images with a saved model",
                        description="Predict with a model saved by 'biotune search' or 'biotune finetune'. "
-                                   "INPUT: image files, folders (searched recursively; non-images skipped) or "
-                                   ".npz files (their x_test or x). Writes one CSV row per image; when the "
-                                   "inputs carry labels (an ImageFolder of the model's classes, an .npz with "
-                                   "y_test or y) it also prints the accuracy.")
+                                   "INPUT: image files, folders (searched recursively; non-images skipped), "
+                                   ".npz files (their x_test or x) or tables of image paths. Writes one CSV row per "
+                                   "image (for a table: per row, with the row's id); when the inputs carry labels "
+                                   "(an ImageFolder of the model's classes, with or without split folders, an .npz "
+                                   "with y_test or y, a table with a label column) it also prints the accuracy.")
     p.add_argument("--model", required=True, help="a run directory (its model/ folder) or a model folder")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or .npz files")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, .npz files or tables")
     p.add_argument("--top-k", type=int, default=1, help="classes per image, best first (default: 1)")
     p.add_argument("--out", default="predictions.csv",
                    help="CSV file: path,label,probability[,label_2,probability_2,...] (default: predictions.csv)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_read_options(p.add_argument_group("tables (INPUT a .csv, .tsv, .parquet or .jsonl)"), predict=True)
+    p.add_argument("--image-root", default=None,
+                   help="folder a table's relative paths start from (default: the table's folder)")
 
     e = sub.add_parser("export", help="export a saved model to ONNX or TorchScript, or push it to the Hub",
                        description="Export a saved model. The export is run on a few inputs and kept only if it "
@@ -230,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Fig. 2 (BioTune's configurations), convergence plots and, with --fractions, "
                                    "Table III. Rerunning the same command skips finished runs.")
     c.add_argument("--datasets", required=True,
-                   help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files or folders")
+                   help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files, folders, "
+                        "tables, archives or hf:owner/name (see 'biotune search --help'; the reading options apply "
+                        "to each)")
     c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
                    help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; ftlr (FT with its LR "
                         "tuned on validation), llrd (layer-wise LR decay, d tuned on validation), lpft (linear "
@@ -260,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the model's pretrained input size, 32 for digits)")
     g.add_argument("--val-fraction", type=float, default=None, help="validation share carved from train (default: 0.2)")
     g.add_argument("--data-dir", default=None, help="cache directory of named datasets (default: $BIOTUNE_DATA)")
+    _add_read_options(g)
     _add_train_options(c)
     _add_search_options(c)
     _add_runtime_options(c)
@@ -315,11 +357,12 @@ def parse_partition(text: str | None):
 def explicit_settings(args) -> dict[str, dict[str, object]]:
     """The settings given as options, by section (they override the preset)."""
     model = overrides(args, {"model": "name", "weights": "weights", "granularity": "granularity"})
-    if args.partition is not None:
+    if getattr(args, "partition", None) is not None:
         model["partition"] = parse_partition(args.partition)
     return {
         "model": model,
-        "data": overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"}),
+        "data": overrides(args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction",
+                                  "skip_unreadable": "skip_unreadable", **_READ_OPTIONS}),
         "train": train_overrides(args),
         "search": overrides(args, {"population": "population", "elites": "elites", "generations": "generations",
                                     "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
@@ -361,6 +404,8 @@ def print_plan(args, config: RunConfig, runtime: RuntimeConfig) -> None:
     print("resolved:")
     for k, v in p.resolved.items():
         print(f"  {k:20s} {v}")
+    print("input:")
+    print("\n".join(f"  {line}" for line in p.reading))
     print("\n".join(p.estimate.lines()))
     if p.budget is not None:
         print(p.budget.line())

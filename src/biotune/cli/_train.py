@@ -12,7 +12,7 @@ from .._files import slug
 from ..config import DataConfig, TrainConfig
 from ..errors import BioTuneError, redact_url
 from ..search.report import block_table, format_block_table
-from ._options import overrides, print_plan, runtime_config, search_config, settings_lines, train_overrides
+from ._options import explicit_settings, print_plan, runtime_config, search_config, settings_lines, train_overrides
 from ._progress import Progress
 
 
@@ -80,8 +80,7 @@ def cmd_finetune(args) -> int:
     cfg = load_configuration(args.config)
     base_train = cfg.train or TrainConfig()
     train = dataclasses.replace(base_train, **train_overrides(args))
-    data = DataConfig(**{"image_size": cfg.image_size, **overrides(
-        args, {"dataset": "dataset", "image_size": "image_size", "val_fraction": "val_fraction"})})
+    data = DataConfig(**{"image_size": cfg.image_size, **explicit_settings(args)["data"]})
     progress = Progress(0, enabled=not args.no_progress)
     progress.search.close()
     progress.set_epochs(train.epochs)

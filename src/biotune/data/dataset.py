@@ -21,9 +21,11 @@ import numpy as np
 
 from ..errors import BioTuneError
 from .catalog import NAMES, load_named, named_npz
+from .listing import ReadOptions, carve, require_per_class
+from .readers import IMAGE_EXTENSIONS, ImageDataset, load_digits, read_npz
 from .rows import ImageRows
-from .readers import IMAGE_EXTENSIONS, ImageDataset, load_digits, read_folder, read_npz, require_per_class
-from .store import open_folder, open_npz
+from .sources import archive_signature, is_archive, is_listed_source, list_source, unpack
+from .store import decode_listing, open_listing, open_npz, open_stored
 
 __all__ = [
     "ImageDataset",
@@ -34,17 +36,21 @@ __all__ = [
     "to_float",
     "ImageRows",
     "IMAGE_EXTENSIONS",
+    "ReadOptions",
 ]
 
 
 def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = None, store_dir: str | Path | None = None,
-                 progress: bool = False) -> ImageDataset:
+                 progress: bool = False, options: ReadOptions | None = None) -> ImageDataset:
     """Load a dataset by name or path.
 
     Args:
         spec: ``"digits"``, one of the paper's dataset names (``mnist``, ``usps``, ``svhn``,
             ``cifar10``, ``stl10``, ``flowers102``, ``fgvc_aircraft``, ``dtd``, ``isic``; see
-            :mod:`biotune.data.catalog`), a ``.npz`` path, or an ImageFolder directory.
+            :mod:`biotune.data.catalog`), a ``.npz`` path, an ImageFolder directory (split folders under
+            any of their names), a label table (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``), a folder with
+            ``metadata.csv``/``.jsonl``, a ``.zip``/``.tar(.gz)`` of any of these, a ``save_to_disk`` folder or
+            ``hf:owner/name[:config]`` (see :mod:`biotune.data.sources`).
         image_size: side to which ImageFolder images are resized on reading (short side,
             centre crop); arrays from ``digits`` and ``.npz`` keep their stored size (in a
             store: the smaller of it and ``image_size``).
@@ -53,6 +59,8 @@ def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = Non
         store_dir: where the uint8 store of a file or folder is kept (:mod:`biotune.data.store`);
             the images are then memory-mapped from it. ``None`` reads them into memory.
         progress: show a progress bar while an ImageFolder is stored.
+        options: how a table or Hugging Face dataset is read (columns, image root, class names,
+            groups, skipping unreadable files); :class:`ReadOptions`.
 
     Raises:
         BioTuneError: unknown name, missing or corrupt file, inconsistent arrays or labels.
@@ -73,11 +81,10 @@ def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = Non
             if cached is not None:
                 return dataclasses.replace(open_npz(cached, Path(store_dir), image_size, read_npz), name=spec)
         return load_named(spec, data_dir=data_dir, image_size=image_size)
+    options = options or ReadOptions()
+    if is_listed_source(spec):
+        return _load_listed(spec, image_size, store_dir, progress, options)
     path = Path(spec).expanduser()
-    if path.is_dir():
-        if store_dir is not None:
-            return open_folder(path, Path(store_dir), image_size, progress=progress)
-        return read_folder(path, image_size)
     if path.suffix == ".npz":
         if not path.is_file():
             raise BioTuneError(f"dataset file {spec} does not exist")
@@ -86,8 +93,41 @@ def load_dataset(spec: str, *, image_size: int = 224, data_dir: str | None = Non
         return read_npz(path)
     raise BioTuneError(
         f"unknown dataset {spec!r}: give 'digits', a name ({', '.join(NAMES)}), the path of an .npz file, "
-        "or an ImageFolder directory"
+        "an ImageFolder directory, a table (.csv, .tsv, .parquet, .jsonl), a .zip or .tar(.gz) of one, "
+        "or hf:owner/name"
     )
+
+
+def _load_listed(spec: str, size: int, store_dir, progress: bool, options: ReadOptions) -> ImageDataset:
+    """A folder, table, archive or Hugging Face dataset: listed and checked, then decoded (once, into
+    the store when there is one)."""
+    import tempfile
+
+    decode = dict(skip_unreadable=options.skip_unreadable, progress=progress)
+    path = Path(spec).expanduser()
+    if not is_archive(path):
+        listing = list_source(spec, options)
+        if store_dir is None:
+            return decode_listing(listing, size, **decode)
+        return open_listing(listing, Path(store_dir), size, options=options.key(), **decode)
+    if not path.is_file():
+        raise BioTuneError(f"dataset file {spec} does not exist")
+    name = path.name[: -len(next(s for s in (".tar.gz", ".tgz", ".tar", ".zip") if path.name.lower().endswith(s)))]
+    signature = archive_signature(path)
+    if store_dir is not None:
+        stored = open_stored(path, Path(store_dir), size, options.key(), signature)
+        if stored is not None:
+            return stored
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".unpacked-", dir=store_dir) as tmp:
+        listing = list_source(unpack(path, Path(tmp)), options, name=name)
+        listing.source = str(path)
+        for items in listing.splits.values():
+            items.names = [n.replace(tmp, str(path)) for n in items.names]
+        if store_dir is None:
+            return decode_listing(listing, size, **decode)
+        return open_listing(listing, Path(store_dir), size, options=options.key(), signature=signature, source=path,
+                            **decode)
 
 
 @dataclass(frozen=True)
@@ -132,32 +172,40 @@ def split_dataset(ds: ImageDataset, *, val_fraction: float, n_folds: int, seed: 
         BioTuneError: a class has too few training images for the validation split or folds.
 
     Notes:
-        Fold sizes differ by at most one image per class (scikit-learn's StratifiedKFold).
+        Fold sizes differ by at most one image per class (scikit-learn's StratifiedKFold). With groups
+        (``ds.g_train``) the carved validation split and the folds are stratified group splits
+        (``StratifiedGroupKFold``): no group has images on two sides.
     """
-    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if n_folds < 1:
         raise BioTuneError(f"`n_folds` must be at least 1, got {n_folds}")
-    x, y = ds.x_train, ds.y_train
+    x, y, groups = ds.x_train, ds.y_train, ds.g_train
     if ds.x_val is None:
-        require_per_class(y, 2, ds.name, "to carve a validation split", ds.classes)
         n_val = max(ds.num_classes, math.ceil(val_fraction * len(y)))
         if len(y) - n_val < ds.num_classes:
             raise BioTuneError(f"{ds.name}: too few training images ({len(y)}) to carve a validation split")
-        sss = StratifiedShuffleSplit(n_splits=1, test_size=n_val, random_state=seed)
-        train_idx, val_idx = next(sss.split(np.zeros(len(y)), y))
+        train_idx, val_idx = carve(y, groups, val_fraction, seed, ds.name, ds.classes, "to carve a validation split",
+                                   size=n_val)
         train_idx.sort()
         val_idx.sort()
         # Rows of the dataset's array, not copies: a memory-mapped store stays on disk.
         x_val, y_val, x, y = ImageRows(x, val_idx), y[val_idx], ImageRows(x, train_idx), y[train_idx]
+        groups = None if groups is None else groups[train_idx]
     else:
         x_val, y_val = ds.x_val, ds.y_val
     if n_folds == 1:
         folds = (np.arange(len(y)),)
     else:
         require_per_class(y, n_folds, ds.name, f"for {n_folds} stratified folds (lower the folds with a larger --fraction)", ds.classes)
-        skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        folds = tuple(np.sort(test) for _, test in skf.split(np.zeros(len(y)), y))
+        if groups is None:
+            skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            folds = tuple(np.sort(test) for _, test in skf.split(np.zeros(len(y)), y))
+        else:
+            if len(np.unique(groups)) < n_folds:
+                raise BioTuneError(f"{ds.name}: {len(np.unique(groups))} groups are too few for {n_folds} folds")
+            sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            folds = tuple(np.sort(test) for _, test in sgkf.split(np.zeros(len(y)), y, groups))
     return SplitData(x, y, x_val, y_val, ds.x_test, ds.y_test, folds)
 
 

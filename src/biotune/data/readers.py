@@ -17,28 +17,23 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BioTuneError
+from .folders import IMAGE_EXTENSIONS
+from .listing import _TEST_FRACTION, _TEST_SPLIT_SEED, Listing, carve
 
 __all__ = [
     "ImageDataset",
     "IMAGE_EXTENSIONS",
     "make_dataset",
     "carve_test",
-    "require_per_class",
     "load_digits",
     "read_npz",
     "read_image",
     "fit_image",
-    "read_folder",
-    "scan_folder",
+    "read_listing",
 ]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-# Fixed seed of the test split carved from datasets that have none (digits, a flat
-# ImageFolder): the test set must not move with the run's --seed.
-_TEST_SPLIT_SEED = 0
-_TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -52,6 +47,10 @@ class ImageDataset:
         x_val, y_val: the dataset's own validation split, or ``None``.
         x_test, y_test: the test split.
         digest: the images' fingerprint when it is known without reading them (a store).
+        g_train, g_val, g_test: the group (patient, lesion...) of each image as an int code, when the
+            source names a group column: carved splits and folds keep each group on one side.
+        report: how the source was read (kind, where each split came from, what was skipped, identical
+            images across splits): :func:`biotune.data.store.report_lines` prints it.
     """
 
     name: str
@@ -63,6 +62,10 @@ class ImageDataset:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     digest: str | None = field(default=None, compare=False)
+    g_train: np.ndarray | None = None
+    g_val: np.ndarray | None = None
+    g_test: np.ndarray | None = None
+    report: dict | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -74,11 +77,16 @@ class ImageDataset:
         if self.digest is not None:
             return self.digest
         h = hashlib.sha1()
-        for arr in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
-            if arr is not None:
-                h.update(str(arr.shape).encode())
-                h.update(np.ascontiguousarray(arr).tobytes())
+        for arr in self._hashed():
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
+
+    def _hashed(self) -> list[np.ndarray]:
+        """The arrays the fingerprint covers, in order (groups only when there are some)."""
+        arrays = [self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test,
+                  self.g_train, self.g_val, self.g_test]
+        return [a for a in arrays if a is not None]
 
 
 def _check_split(source: str, split: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,23 +142,9 @@ def make_dataset(name: str, source: str, classes, splits: dict[str, tuple[np.nda
 
 
 def carve_test(x: np.ndarray, y: np.ndarray, source: str, classes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    require_per_class(y, 2, source, "to carve a test split", classes)
-    sss = StratifiedShuffleSplit(n_splits=1, test_size=_TEST_FRACTION, random_state=_TEST_SPLIT_SEED)
-    train_idx, test_idx = next(sss.split(np.zeros(len(y)), y))
+    """A stratified test split of 20 % carved with a fixed seed (it must not move with a run's seed)."""
+    train_idx, test_idx = carve(y, None, _TEST_FRACTION, _TEST_SPLIT_SEED, source, classes, "to carve a test split")
     return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx])}
-
-
-def require_per_class(y: np.ndarray, minimum: int, source: str, why: str, classes) -> None:
-    counts = np.bincount(y, minlength=len(classes))
-    low = np.flatnonzero(counts < minimum)
-    if len(low):
-        names = [repr(str(classes[i])) for i in low[:10]]
-        raise BioTuneError(
-            f"{source}: class(es) {', '.join(names)} have fewer than {minimum} training images "
-            f"(needed {why}; smallest has {counts[low].min()})"
-        )
 
 
 def load_digits() -> ImageDataset:
@@ -214,48 +208,8 @@ def fit_image(img, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    out: dict[str, list[Path]] = {}
-    for name in classes:
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        for skipped in sorted(set(files) - set(images)):
-            logger.warning("skipping %s: not an image file", skipped)
-        out[name] = images
-    return out
+def read_listing(listing: Listing, size: int, *, skip_unreadable: bool = False) -> ImageDataset:
+    """A listing decoded into memory at ``size`` px (see :mod:`biotune.data.store` for the store)."""
+    from .store import decode_listing
 
-
-def scan_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """The classes of an ImageFolder and its image files with their labels, by split.
-
-    Raises:
-        BioTuneError: no class folders, an empty training class, a class missing from train.
-    """
-    split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
-    layout = split_dirs if "train" in split_dirs else {"train": root}
-    scanned = {split: _scan_class_folders(path) for split, path in layout.items()}
-    classes = sorted(scanned["train"])
-    if len(classes) < 2:
-        found = "no class folders" if not classes else f"one class folder ({classes[0]})"
-        raise BioTuneError(f"{root}: {found}; expected {root}/<class>/<image files> with at least 2 classes")
-    for split, folders in scanned.items():
-        for name, files in folders.items():
-            if not files and split == "train":
-                raise BioTuneError(f"{layout[split] / name}: empty class folder (no image files)")
-            if name not in classes:
-                raise BioTuneError(f"{layout[split] / name}: class not in the training split")
-    items = {split: [(path, label) for label, name in enumerate(classes) for path in folders.get(name, [])]
-             for split, folders in scanned.items()}
-    return classes, items
-
-
-def read_folder(root: Path, size: int) -> ImageDataset:
-    """An ImageFolder decoded into memory at ``size`` px (see :mod:`biotune.data.store` for the store)."""
-    classes, items = scan_folder(root)
-    arrays = {split: (np.stack([read_image(path, size) for path, _ in files]),
-                      np.asarray([label for _, label in files], dtype=np.int64))
-              for split, files in items.items() if files}
-    if "test" not in arrays:
-        arrays.update(carve_test(*arrays.pop("train"), str(root), classes))
-    return make_dataset(root.name, str(root), classes, arrays)
+    return decode_listing(listing, size, skip_unreadable=skip_unreadable)

@@ -20,7 +20,10 @@ import numpy as np
 import torch
 
 from .._files import atomic_write_bytes
-from ..data.readers import IMAGE_EXTENSIONS, read_image
+from ..data.folders import IMAGE_EXTENSIONS, split_folders, visible_dirs
+from ..data.listing import ReadOptions
+from ..data.readers import read_image
+from ..data.tables import is_table, read_table
 from ..errors import BioTuneError
 from .artifact import LoadedModel, load_model
 
@@ -87,11 +90,14 @@ def _npz_images(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.ndar
     return x[..., :3], y
 
 
-def read_inputs(paths: Sequence[str | Path], classes: Sequence[str], read_size: int) -> Inputs:
-    """Read image files, folders (recursively) and ``.npz`` files into one batch.
+def read_inputs(paths: Sequence[str | Path], classes: Sequence[str], read_size: int,
+                options: ReadOptions | None = None) -> Inputs:
+    """Read image files, folders (recursively), ``.npz`` files and tables of image paths into one batch.
 
     Non-image files inside a folder are skipped with a warning; a named file that cannot be
-    read as an image is an error.
+    read as an image is an error. A folder of split folders (``train/``, ``valid/``…) labels each
+    image by the class folder inside its split folder. A table's rows are named by their id (the
+    image column's value); with a label column (``options``), they carry labels.
 
     Raises:
         BioTuneError: a missing path, an unreadable image or ``.npz``, a wrong channel count,
@@ -111,20 +117,28 @@ def read_inputs(paths: Sequence[str | Path], classes: Sequence[str], read_size: 
         path = Path(raw).expanduser()
         if not path.exists():
             raise BioTuneError(f"input {raw} does not exist")
-        if path.suffix == ".npz" and path.is_file():
+        if is_table(path) and path.is_file():
+            listing = read_table(path, options or ReadOptions(), labels_required=False)
+            for items in listing.splits.values():
+                for ref, label, row_id in zip(items.refs, items.labels, items.ids):
+                    known = label >= 0 and listing.classes[label] in class_index
+                    add(read_image(ref, read_size), row_id, class_index[listing.classes[label]] if known else -1)
+        elif path.suffix == ".npz" and path.is_file():
             x, y = _npz_images(path, classes)
             for i in range(len(x)):
                 add(np.repeat(x[i], 3, axis=-1) if x.shape[-1] == 1 else x[i], f"{path}[{i}]", int(y[i]))
         elif path.is_file():
             add(read_image(path, read_size), str(path), -1)
         else:
-            subdirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-            imagefolder = bool(subdirs) and all(p.name in class_index for p in subdirs)
+            splits = split_folders(path)  # images under train/<class>/... are labelled by <class>
+            tops = [p for s in splits.values() for p in visible_dirs(s)] if splits else visible_dirs(path)
+            imagefolder = bool(tops) and all(p.name in class_index for p in tops)
             for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
                 if file.suffix.lower() not in IMAGE_EXTENSIONS:
                     logger.warning("skipping %s: not an image file", file)
                     continue
-                top = file.relative_to(path).parts[0]
+                parts = file.relative_to(path).parts
+                top = parts[1] if splits and len(parts) > 2 else parts[0]
                 label = class_index[top] if imagefolder and top in class_index else -1
                 add(read_image(file, read_size), str(file), label)
     if not images:

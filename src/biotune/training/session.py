@@ -30,7 +30,8 @@ from ..config import (
     resolve_image_size,
 )
 from ..data.catalog import default_data_dir
-from ..data.dataset import ImageDataset, SplitData, load_dataset, split_dataset
+from ..data.dataset import ImageDataset, ReadOptions, SplitData, load_dataset, split_dataset
+from ..data.store import report_lines
 from ..errors import BioTuneError
 from ..models.blocks import Block, partition_model
 from ..models.build import PretrainedModel, build_model, default_input_size, save_state_dict_file
@@ -178,6 +179,7 @@ class Session:
     context: str
     classes: tuple[str, ...] = ()
     read_size: int = 0  # side image files were read at (short side, centre crop) before the resize
+    reading: tuple[str, ...] = ()  # how the source was read (data.store.report_lines), for --dry-run
 
     @classmethod
     def from_spec(cls, spec: SessionSpec) -> "Session":
@@ -206,7 +208,7 @@ class Session:
         # .npz's own size (a named dataset's conversion size is the model's, as before).
         keep = 2048 if native and data.dataset.endswith(".npz") else read_size
         ds = load_dataset(data.dataset, image_size=keep, data_dir=runtime.data_dir, store_dir=store_dir(runtime),
-                          progress=runtime.progress)
+                          progress=runtime.progress, options=ReadOptions(**data.read_options()))
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
@@ -247,7 +249,8 @@ class Session:
             cache_namespace=f"{slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
                             f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
         )
-        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context, ds.classes, read_size)
+        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context, ds.classes, read_size,
+                   tuple(report_lines(ds)))
 
     def perform(
         self,
