@@ -266,5 +266,5 @@ def read_ref(ref, size: int) -> tuple[np.ndarray, str]:
         digest = hashlib.sha1(img.tobytes()).hexdigest()
         return fit_image(img, size), digest
     except Exception as err:  # PIL raises many types for bad files
-        reason = str(err).replace(repr(buffer), "it") if buffer is not None else str(err)
+        reason = str(err).replace(" " + repr(buffer), "") if buffer is not None else str(err)
         raise BioTuneError(f"{type(err).__name__}: {reason}") from None

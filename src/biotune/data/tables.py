@@ -276,7 +276,7 @@ def assemble(*, name: str, source: str, kind: str, refs: list, ids: list[str], l
              labels: list[str] | None, splits: list[str] | None, groups: list[str] | None,
              class_names: dict[str, str] | None, problems: Problems, origin: dict[str, str],
              group_column: str | None, stamps: list[str], fixed_classes: list[str] | None = None,
-             fix: str = "") -> Listing:
+             fix: str = "", require_train: bool = True) -> Listing:
     """A listing from per-row values, after every check: empty labels and groups, a row listed twice
     with two labels (listed twice with one label: kept once, with a note). Raises all problems at once."""
     n = len(refs)
@@ -324,9 +324,9 @@ def assemble(*, name: str, source: str, kind: str, refs: list, ids: list[str], l
         if not rows:
             continue
         pick = [keep[k] for k in rows]
-        by_split[split] = SplitItems([refs[i] for i in pick], y[rows], [f"{source} {lines[i]}" for i in pick],
+        by_split[split] = SplitItems([refs[i] for i in pick], y[rows], [f"{lines[i]}: {refs[i]}" for i in pick],
                                      [ids[i] for i in pick], None if groups is None else [groups[i] for i in pick])
-    if labels is not None and "train" not in by_split:
+    if labels is not None and require_train and "train" not in by_split:
         raise BioTuneError(f"{source}: no training rows (every row is in another split)")
     return Listing(name, source, kind, tuple(classes), by_split, origin, group_column, stamps, notes)
 
@@ -370,6 +370,7 @@ def read_table(path: Path, options: ReadOptions, *, image_root: Path | None = No
                        lines=records["line"], labels=records["label"], splits=split_values, groups=records["group"],
                        class_names=names, problems=problems, origin=origin, group_column=cols["group"],
                        stamps=stamps, fixed_classes=records.get("classes") if names is None else None,
+                       require_train=split is None,
                        fix="correct the table (or the files), or choose the columns with --image-column, "
                            "--label-column, --split-column and the folder with --image-root")
     label_part = "" if cols["label"] is None else f", label column {cols['label']!r}"
