@@ -8,9 +8,11 @@ Each persisted config is a frozen dataclass with documented fields, checks in
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import BioTuneError
@@ -153,6 +155,62 @@ NATIVE = "native"  # DataConfig.image_size: each dataset at the size it is store
 
 
 @dataclass(frozen=True)
+class ReadOptions:
+    """How a table or a Hugging Face dataset is read (folders and ``.npz`` files need none).
+
+    Attributes:
+        image_column: the column of image paths (tables) or images (HF); default: the first of
+            ``image``, ``file_name``, ``filename``, ``path``, ``image_id`` present (any case).
+        label_column: the label column (default ``label``); a comma list names one-hot columns,
+            exactly one positive per row (ISIC).
+        split_column: values ``train/training``, ``val/valid/validation/dev``, ``test/testing`` (any
+            case), or a boolean "is validation"; default: a column named ``split`` when present.
+        group_column: images of one group (patient, lesion, plot) never fall on two sides of a carved
+            split or of the search's folds.
+        image_root: folder the table's relative paths start from (default: the table's folder).
+        class_names: a text file (one name per line, in label order) or JSON ``{label: name}``.
+        skip_unreadable: drop files PIL cannot decode (with one warning) instead of refusing.
+    """
+
+    image_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
+    group_column: str | None = None
+    image_root: str | None = None
+    class_names: str | None = None
+    skip_unreadable: bool = False
+
+    def key(self) -> str:
+        """What of these options changes the data: part of the store's name."""
+        values = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        if self.image_root:
+            values["image_root"] = str(Path(self.image_root).expanduser().resolve())
+        if self.class_names:
+            values["class_names"] = file_stamp(Path(self.class_names).expanduser())
+        return json.dumps(values, sort_keys=True) if values else ""
+
+    def labels(self) -> list[str] | None:
+        """The one-hot label columns when ``label_column`` lists several, else ``None``."""
+        if self.label_column is None or "," not in self.label_column:
+            return None
+        return [c.strip() for c in self.label_column.split(",") if c.strip()]
+
+
+def file_stamp(path: Path) -> str:
+    """A file's resolved path, size and modification time (its path alone when it cannot be read)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path)
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# DataConfig's reading fields (added after run directories existed: absent from an old config.json
+# means this default).
+READ_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReadOptions)}
+
+
+@dataclass(frozen=True)
 class DataConfig(_Serialisable):
     """Which dataset, at which resolution, and how validation is carved out.
 
@@ -181,13 +239,9 @@ class DataConfig(_Serialisable):
     class_names: str | None = None
     skip_unreadable: bool = False
 
-    # Fields added after run directories existed: absent from an old config.json means this default.
-    READ_DEFAULTS = {"image_column": None, "label_column": None, "split_column": None, "group_column": None,
-                     "image_root": None, "class_names": None, "skip_unreadable": False}
-
-    def read_options(self) -> dict[str, Any]:
-        """The fields that say how the dataset is read (``ReadOptions(**...)``)."""
-        return {k: getattr(self, k) for k in self.READ_DEFAULTS}
+    def read_options(self) -> ReadOptions:
+        """How the dataset is read: these fields as :class:`ReadOptions`."""
+        return ReadOptions(**{k: getattr(self, k) for k in READ_DEFAULTS})
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -195,7 +249,7 @@ class DataConfig(_Serialisable):
         if self.image_size is not None and self.image_size != NATIVE:
             _check_int("image_size", self.image_size, 8, 2048)
         _check_float("val_fraction", self.val_fraction, 0.0, 0.9)
-        for name in self.READ_DEFAULTS:
+        for name in READ_DEFAULTS:
             value = getattr(self, name)
             if name == "skip_unreadable":
                 if not isinstance(value, bool):

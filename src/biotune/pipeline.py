@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ._files import slug, write_json
-from .config import DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, parse_duration, resolve_image_size
+from .config import READ_DEFAULTS, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainConfig, parse_duration, resolve_image_size
 from .errors import BioTuneError, redact_url, scrub
 from .models.artifact import MODEL_DIR, ModelCard, save_model_dir
 from .models.blocks import Block, partition_model
@@ -71,7 +71,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     run directories written before those options existed still resume."""
     out = {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
     if isinstance(out.get("data"), dict):
-        out["data"] = {k: v for k, v in out["data"].items() if DataConfig.READ_DEFAULTS.get(k, object()) != v}
+        out["data"] = {k: v for k, v in out["data"].items() if READ_DEFAULTS.get(k, object()) != v}
     return out
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from ..config import ReadOptions
 from ..errors import BioTuneError
 
 __all__ = ["ReadOptions", "ImageRef", "SplitItems", "Listing", "Problems", "SPLIT_ALIASES", "split_of", "read_ref"]
@@ -36,56 +36,6 @@ _TEST_FRACTION = 0.2
 def split_of(name: str) -> str | None:
     """``"train"``, ``"val"`` or ``"test"`` for a split name in any of its spellings, else ``None``."""
     return SPLIT_ALIASES.get(str(name).strip().lower())
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How a table or a Hugging Face dataset is read (folders and ``.npz`` files need none).
-
-    Attributes:
-        image_column: the column of image paths (tables) or images (HF); default: the first of
-            ``image``, ``file_name``, ``filename``, ``path``, ``image_id`` present (any case).
-        label_column: the label column (default ``label``); a comma list names one-hot columns,
-            exactly one positive per row (ISIC).
-        split_column: values ``train/training``, ``val/valid/validation/dev``, ``test/testing`` (any
-            case), or a boolean "is validation"; default: a column named ``split`` when present.
-        group_column: images of one group (patient, lesion, plot) never fall on two sides of a carved
-            split or of the search's folds.
-        image_root: folder the table's relative paths start from (default: the table's folder).
-        class_names: a text file (one name per line, in label order) or JSON ``{label: name}``.
-        skip_unreadable: drop files PIL cannot decode (with one warning) instead of refusing.
-    """
-
-    image_column: str | None = None
-    label_column: str | None = None
-    split_column: str | None = None
-    group_column: str | None = None
-    image_root: str | None = None
-    class_names: str | None = None
-    skip_unreadable: bool = False
-
-    def key(self) -> str:
-        """What of these options changes the data: part of the store's name."""
-        values = {k: v for k, v in asdict(self).items() if v not in (None, False)}
-        if self.image_root:
-            values["image_root"] = str(Path(self.image_root).expanduser().resolve())
-        if self.class_names:
-            values["class_names"] = _file_stamp(Path(self.class_names).expanduser())
-        return json.dumps(values, sort_keys=True) if values else ""
-
-    def labels(self) -> list[str] | None:
-        """The one-hot label columns when ``label_column`` lists several, else ``None``."""
-        if self.label_column is None or "," not in self.label_column:
-            return None
-        return [c.strip() for c in self.label_column.split(",") if c.strip()]
-
-
-def _file_stamp(path: Path) -> str:
-    try:
-        st = path.stat()
-    except OSError:
-        return str(path)
-    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 class ImageRef(Protocol):

@@ -30,7 +30,7 @@ from ..config import (
     resolve_image_size,
 )
 from ..data.catalog import default_data_dir
-from ..data.dataset import ImageDataset, ReadOptions, SplitData, load_dataset, split_dataset
+from ..data.dataset import ImageDataset, SplitData, load_dataset, split_dataset
 from ..data.store import report_lines
 from ..errors import BioTuneError
 from ..models.blocks import Block, partition_model
@@ -208,7 +208,7 @@ class Session:
         # .npz's own size (a named dataset's conversion size is the model's, as before).
         keep = 2048 if native and data.dataset.endswith(".npz") else read_size
         ds = load_dataset(data.dataset, image_size=keep, data_dir=runtime.data_dir, store_dir=store_dir(runtime),
-                          progress=runtime.progress, options=ReadOptions(**data.read_options()))
+                          progress=runtime.progress, options=data.read_options())
         pm = build_model(model.name, ds.num_classes, weights=model.weights, seed=seed)
         blocks = partition_model(pm.model, model.granularity, partition=model.partition)
         split = split_dataset(ds, val_fraction=data.val_fraction, n_folds=n_folds, seed=seed)
