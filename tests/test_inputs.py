@@ -243,8 +243,12 @@ def test_saved_hugging_face_dataset_with_its_own_splits(tmp_path, store):
 
 
 def test_hub_address_without_network_says_so(tmp_path, monkeypatch):
-    pytest.importorskip("datasets")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub
+
+    # Offline as this machine is, without waiting for the network's timeouts (the flags are read at import).
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(BioTuneError, match="cannot load it from the Hugging Face Hub.*save_to_disk"):
         _load("hf:someone/no-such-dataset")
