@@ -407,3 +407,17 @@ def test_compare_reads_a_table(tmp_path, capsys):
     record = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert record["method"] == "ft" and 0.0 <= record["test_accuracy"] <= 1.0
     shutil.rmtree(out)
+
+
+def test_run_directories_written_before_the_reading_options_still_resume():
+    from biotune.config import RunConfig
+    from biotune.pipeline import _comparable
+
+    new = RunConfig().to_dict()
+    old = json.loads(json.dumps(new))
+    for key in ("image_column", "label_column", "split_column", "group_column", "image_root", "class_names",
+                "skip_unreadable"):
+        del old["data"][key]
+    assert _comparable(old) == _comparable(new)
+    changed = RunConfig().replace(data={"label_column": "dx"}).to_dict()
+    assert _comparable(changed) != _comparable(old)
