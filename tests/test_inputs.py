@@ -24,7 +24,7 @@ from biotune.errors import BioTuneError
 SIZE = 8
 
 
-def _image(path: Path, ident: int, fmt: str = "PNG") -> None:  # noqa: ARG001 (fmt: the name the file pretends)
+def _image(path: Path, ident: int) -> None:
     """An 8×8 image whose top-left pixel holds ``ident`` (three bytes), the rest a shade of it; lossless
     (PNG bytes, whatever the file's extension: PIL reads by content), so the identity survives."""
     arr = np.full((SIZE, SIZE, 3), ident % 251, np.uint8)
@@ -53,7 +53,7 @@ def _ham(root: Path, n: int = 60) -> Path:
     lines = ["lesion_id,image_id,dx,dx_type,age"]
     for i in range(n):
         folder = "HAM10000_images_part_1" if i % 2 else "HAM10000_images_part_2"
-        _image(root / folder / f"ISIC_{i:07d}.jpg", i, "JPEG")
+        _image(root / folder / f"ISIC_{i:07d}.jpg", i)
         lines.append(f"HAM_{i // 2:07d},ISIC_{i:07d},{('nv', 'mel', 'bkl')[(i // 2) % 3]},histo,50")
     (root / "HAM10000_metadata.csv").write_text("\n".join(lines) + "\n")
     return root / "HAM10000_metadata.csv"
@@ -81,7 +81,7 @@ def test_kaggle_table_integer_labels_numeric_order_and_json_names(tmp_path, stor
     root = tmp_path / "cassava"
     rows = ["image_id,label"]
     for i in range(40):
-        _image(root / "train_images" / f"{1000 + i}.jpg", i, "JPEG")
+        _image(root / "train_images" / f"{1000 + i}.jpg", i)
         rows.append(f"train_images/{1000 + i}.jpg,{(2, 10, 1)[i % 3]}")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
     (root / "names.json").write_text(json.dumps({"1": "cbb", "2": "cbsd", "10": "healthy"}))
@@ -96,7 +96,7 @@ def test_isic_one_hot_columns(tmp_path, store):
     classes = ["MEL", "NV", "BCC"]
     rows = ["image," + ",".join(classes)]
     for i in range(30):
-        _image(root / "images" / f"ISIC_{i}.jpg", i, "JPEG")
+        _image(root / "images" / f"ISIC_{i}.jpg", i)
         onehot = ["1.0" if j == i % 3 else "0.0" for j in range(3)]
         rows.append(f"ISIC_{i}," + ",".join(onehot))
     (root / "gt.csv").write_text("\n".join(rows) + "\n")
@@ -111,7 +111,7 @@ def test_chexpert_paths_relative_to_the_parent_folder_with_split_column(tmp_path
     rows = ["Path,Sex,label,split"]
     for i in range(36):
         rel = f"CheXpert-v1.0-small/{'valid' if i >= 30 else 'train'}/patient{i:05d}/study1/view1_frontal.jpg"
-        _image(parent / rel, i, "JPEG")
+        _image(parent / rel, i)
         rows.append(f"{rel},F,{('yes', 'no')[i % 2]},{'Valid' if i >= 30 else 'TRAIN'}")
     table = parent / "CheXpert-v1.0-small" / "train.csv"
     table.write_text("\n".join(rows) + "\n")
@@ -289,7 +289,7 @@ TINY = ["--model", "test_efficientnet", "--weights", "random", "--image-size", "
 def _hostile(tmp: Path):
     root = tmp / "h"
     for i in range(100):
-        _image(root / f"{i}.jpg", i, "JPEG")
+        _image(root / f"{i}.jpg", i)
     good = [f"{i}.jpg,{('a', 'b')[i % 2]}" for i in range(100)]
 
     def table(name: str, lines: list[str], header: str = "image,label", text: str | None = None) -> Path:

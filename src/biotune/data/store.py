@@ -3,17 +3,21 @@
 Every process that trains (the main one, each worker, each later run) maps the same files, so
 the operating system holds one copy of the images in its page cache however many workers run,
 and no process holds a float copy (batches become float on the device:
-:mod:`biotune.training.images`). A store is written once per (source, read size):
+:mod:`biotune.training.images`). A store is written once per (source, read size, reading options):
 
 - an ``.npz`` file (a zip: not mappable) is extracted array by array;
-- an ImageFolder is decoded in parallel straight into the mapped files, with a progress bar;
+- a :class:`~biotune.data.listing.Listing` (an ImageFolder, a table, an unpacked archive, a Hugging
+  Face dataset) is decoded in parallel threads, with a progress bar, each image written with
+  ``pwrite`` (not through a map, so the rows written never count in the writer's resident memory);
+  every undecodable file is collected and reported at the end (or dropped, when asked);
 - a named dataset's cached ``.npz`` is an ``.npz`` like any other.
 
 Images keep the smaller of their stored size and the training size (a larger one is resized
 once, on writing, with rounding to uint8). Writing goes to a temporary folder renamed into place
 when complete, so a store that a kill interrupted is never used. The source's signature (size and
-modification time of the file, or of every file of the folder) is kept with the store; a changed
-source (files added, removed, resized, touched) is detected and the store written again.
+modification time of the file, of every image a folder or table holds and of the table itself, an
+archive's bytes, a Hugging Face dataset's fingerprints) is kept with the store; a changed source
+(files added, removed, resized, touched, relabelled) is detected and the store written again.
 """
 
 from __future__ import annotations
