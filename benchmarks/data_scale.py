@@ -74,7 +74,7 @@ def _session(dataset: str, size: int, model: str = "test_efficientnet", batch: i
 def _touch(session) -> None:
     """Read every image once (as an epoch and an evaluation would)."""
     for name in ("x_train", "x_val", "x_test"):
-        x = session.tensors[name]
+        x = getattr(session.splits, name)
         for i in range(0, len(x), 256):
             x[i : i + 256]
 
@@ -96,7 +96,7 @@ def _hold(dataset: str, size: int, barrier, queue) -> None:
     _touch(session)
     barrier.wait()  # every worker holds its session: shared pages are shared now
     after = _memory()
-    queue.put({k: after[k] - before[k] for k in after} | {"images": len(session.tensors["x_train"])})
+    queue.put({k: after[k] - before[k] for k in after} | {"images": len(session.splits.x_train)})
     barrier.wait()
 
 
@@ -180,7 +180,7 @@ def measure_split(dataset: str, size: int, model: str, images: int) -> dict:
 
     torch.set_num_threads(1)
     session = _session(dataset, size, model=model)
-    x, y = session.tensors["x_train"], session.tensors["y_train"]
+    x, y = session.splits.x_train, session.splits.y_train
     net = session.finetuner.model.train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:images]

@@ -69,7 +69,7 @@ def main() -> None:
         if budget == args.budgets.split(",")[0]:
             genomes = [full_finetune_genome(n_blocks)] + [random_genome(rng, n_blocks) for _ in range(args.configs)]
             print(f"# {args.dataset} at {session.image_size} px, {args.model}, {n_blocks} blocks, "
-                  f"fold fraction {args.fraction} ({len(session.folds[0])} images), {args.seeds} seeds, "
+                  f"fold fraction {args.fraction} ({len(session.splits.folds[0])} images), {args.seeds} seeds, "
                   f"{args.folds} folds, {len(genomes)} configurations")
             for name, g in zip(names, genomes):
                 d = decode(g, 1.0)

@@ -163,7 +163,7 @@ def optimized_replay(config: RunConfig, log):
     start = time.perf_counter()
     session = Session.from_spec(SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, RuntimeConfig(device="cpu")))
     evaluator = FitnessEvaluator(LocalExecutor(session), s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds),
-                                 config.train.lr, session.context)
+                                 config.train.lr, session.settings_key)
     fitness = []
     for fold in _runs_of_equal(log):
         # the naive loop's seeds for every evaluation (a repeat is answered from the memo, as there)
@@ -191,7 +191,7 @@ def optimized_search(config: RunConfig) -> tuple[float, int]:
     session = Session.from_spec(SessionSpec(config.model, config.data, config.train, s.n_folds, s.seed, RuntimeConfig(device="cpu")))
     store = TrialStore(f"sqlite:///{tempfile.mkdtemp()}/study.db", "speed", gene_names([b.name for b in session.blocks]), {})
     evaluator = FitnessEvaluator(LocalExecutor(session), s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds),
-                                 config.train.lr, session.context)
+                                 config.train.lr, session.settings_key)
     result = run_search(_engine(config, session), evaluator, store)
     return time.perf_counter() - start, len(result.history)
 

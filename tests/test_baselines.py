@@ -10,13 +10,13 @@ from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
 from biotune.models.blocks import partition_model
 from biotune.models.build import build_model
-from biotune.training.trainer import FineTuner
+from biotune.training.trainer import FineTuner, TrainerOptions
 
 
 def _tuner(epochs: int = 2, patience: int = 2) -> FineTuner:
     pm = build_model("test_efficientnet", 3, weights="random", seed=0)
     return FineTuner(pm.model, partition_model(pm.model), TrainConfig(epochs=epochs, patience=patience, batch_size=16),
-                     torch.device("cpu"), cache_memory=0)
+                     torch.device("cpu"), TrainerOptions(cache_memory=0))
 
 
 def _data(n: int = 48):
@@ -152,7 +152,7 @@ def test_lora_trains_adapters_norms_and_head_but_leaves_base_weights_unchanged()
     assert any(".lora_A." in n for n in trainable.param_names) and any("bn" in n for n in trainable.param_names)
     assert trainable.num_params < full
     tuner = FineTuner(lora.model, lora.blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
-                      cache_memory=0)
+                      TrainerOptions(cache_memory=0))
     x, y = _data()
     result = tuner.run([0.0, 1e-2], (x, y), (x, y), seed=0, keep_best=True)
     start = tuner.initial_state

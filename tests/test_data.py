@@ -176,8 +176,8 @@ def test_session_takes_its_threads_from_the_runtime(small_npz):
 
 def test_native_image_size_keeps_each_dataset_at_its_stored_size(small_npz, tmp_path):
     session = _session(str(small_npz), "native")
-    assert session.image_size == 8 and session.tensors["x_train"].shape[-2:] == (8, 8)
-    assert _session(str(small_npz), 12).tensors["x_train"].shape[-2:] == (12, 12)
+    assert session.image_size == 8 and session.splits.x_train.shape[-2:] == (8, 8)
+    assert _session(str(small_npz), 12).splits.x_train.shape[-2:] == (12, 12)
     x = np.zeros((40, 10, 12, 1), np.uint8)
     y = np.arange(40) % 2
     np.savez(tmp_path / "wide.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:4], classes=np.array(["a", "b"]))

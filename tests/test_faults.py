@@ -28,7 +28,7 @@ from biotune.models.build import build_model
 from biotune.search.fitness import WORST_FITNESS, FitnessEvaluator
 from biotune.training.executor import LocalExecutor
 from biotune.training.session import Session, SessionSpec
-from biotune.training.trainer import FineTuner
+from biotune.training.trainer import FineTuner, TrainerOptions
 
 HERE = Path(__file__).resolve().parent
 ARGS = ["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
@@ -142,7 +142,7 @@ def test_diverging_configuration_gets_the_worst_fitness_and_a_reason(tmp_path):
     spec = SessionSpec(ModelConfig(name="test_efficientnet", weights="random"), DataConfig(image_size=16),
                        TrainConfig(epochs=2, patience=2, lr=10.0, batch_size=64, train_bn=False), 2, 0, RuntimeConfig())
     session = Session.from_spec(spec)
-    evaluator = FitnessEvaluator(LocalExecutor(session), 2, (1, 2), 10.0, session.context)
+    evaluator = FitnessEvaluator(LocalExecutor(session), 2, (1, 2), 10.0, session.settings_key)
     n = len(session.blocks)
     evaluation = evaluator.evaluate(np.array([1.0] * n + [0.0]), 0)  # every multiplier at 10: LR 100
     assert evaluation.diverged and evaluation.fitness == WORST_FITNESS
@@ -169,7 +169,7 @@ def test_search_goes_on_past_diverging_runs_and_records_why(tmp_path, capsys):
 def _oom_tuner(auto: bool, limit: int = 16) -> FineTuner:
     pm = build_model("test_efficientnet", 3, weights="random", seed=0)
     tuner = FineTuner(pm.model, partition_model(pm.model), TrainConfig(epochs=1, batch_size=64), torch.device("cpu"),
-                      auto_batch_size=auto)
+                      TrainerOptions(auto_batch_size=auto))
     forward = tuner.model.forward
 
     def limited(x):  # what a device with room for `limit` images would do

@@ -9,14 +9,14 @@ from biotune.config import TrainConfig, parse_memory
 from biotune.models.blocks import partition_model
 from biotune.models.build import build_model
 from biotune.training.prefix import bypass
-from biotune.training.trainer import FineTuner
+from biotune.training.trainer import FineTuner, TrainerOptions
 
 
 def _tuner(name: str, cache_memory: int, *, granularity: str = "stage") -> FineTuner:
     pm = build_model(name, 4, weights="random", seed=0)
     blocks = partition_model(pm.model, granularity)
     return FineTuner(pm.model, blocks, TrainConfig(epochs=3, patience=3, batch_size=16), torch.device("cpu"),
-                     cache_memory=cache_memory)
+                     TrainerOptions(cache_memory=cache_memory))
 
 
 def _data(n: int = 96, size: int = 32):
@@ -120,7 +120,7 @@ def test_disk_tier_is_exact_and_reused(tmp_path):
     def disk_tuner():
         pm = build_model("test_efficientnet", 4, weights="random", seed=0)
         return FineTuner(pm.model, partition_model(pm.model), pm_blocks.config, torch.device("cpu"),
-                         cache_memory=1, cache_dir=tmp_path, cache_namespace="t")
+                         TrainerOptions(cache_memory=1, cache_dir=tmp_path, cache_namespace="t"))
 
     first = disk_tuner()
     got = first.run(lrs, (x, y), (xv, yv), seed=4)

@@ -111,15 +111,15 @@ def test_batches_from_the_store_equal_the_old_preprocessed_tensor(small_npz, tmp
     session = Session.prepare(ModelConfig("test_efficientnet", "random"), DataConfig(str(small_npz), image_size=24),
                               TrainConfig(), n_folds=2, seed=0, runtime=runtime)
     for split in ("train", "val", "test"):
-        images = session.tensors[f"x_{split}"]
+        images = getattr(session.splits, f"x_{split}")
         assert isinstance(images, DeviceImages) and images.shape[1:] == (3, 24, 24)
         old = preprocess(np.asarray(getattr(session.data, f"x_{split}")), image_size=24, mean=session.pretrained.mean,
                          std=session.pretrained.std)
         index = torch.randperm(len(images), generator=torch.Generator().manual_seed(1))[:50]
         assert torch.equal(images[index], old[index])  # bit-identical on the CPU (same function, same device)
         assert torch.equal(images[3:40], old[3:40])
-    fold = session.folds[1]
-    assert torch.equal(session.tensors["x_train"].subset(fold)[torch.arange(7)],
+    fold = session.splits.folds[1]
+    assert torch.equal(session.splits.x_train.subset(fold)[torch.arange(7)],
                        preprocess(np.asarray(session.data.x_train)[fold[:7].numpy()], image_size=24,
                                   mean=session.pretrained.mean, std=session.pretrained.std))
 
@@ -156,8 +156,8 @@ def test_augmentation_is_off_by_default_and_bypasses_the_prefix_cache(small_npz,
                                   TrainConfig(epochs=2, patience=2, batch_size=32, augment=aug), n_folds=2, seed=0,
                                   runtime=RuntimeConfig(threads=1))
         head_only = (0.0,) * (len(session.blocks) - 1) + (1e-2,)
-        t = session.tensors
-        results[aug] = session.finetuner.run(head_only, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), seed=0)
+        t = session.splits
+        results[aug] = session.finetuner.run(head_only, t.train, t.val, seed=0)
     assert results[False].prefix_depth > 0 and results[True].prefix_depth == 0
     assert results[False].train_losses != results[True].train_losses  # the batches were not the same images
 

@@ -6,7 +6,7 @@ from biotune.errors import BioTuneError
 from biotune.models.blocks import partition_model
 from biotune.models.build import build_model
 from biotune.training.groups import param_groups
-from biotune.training.trainer import FineTuner
+from biotune.training.trainer import FineTuner, TrainerOptions
 
 
 @pytest.fixture
@@ -102,7 +102,7 @@ def test_compiled_model_trains_like_eager_with_the_prefix_bypassed():
         pm = build_model("test_resnet", 4, weights="random", seed=0)
         blocks = partition_model(pm.model)
         tuner = FineTuner(pm.model, blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
-                          compile=compiled, cache_memory=2**30)
+                          TrainerOptions(compile=compiled, cache_memory=2**30))
         n = len(blocks)
         runs[compiled] = [tuner.run([0.0] * k + [1e-3] * (n - k), (x, y), (x, y), seed=1) for k in (n - 2,)]
     for eager, comp in zip(runs[False], runs[True]):

@@ -270,12 +270,12 @@ def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = Non
                                 session.image_size)
     resolved = {
         "image_size": f"{session.image_size} ({why})",
-        "dataset": f"{session.dataset_name}: {len(session.classes)} classes, {len(session.tensors['x_train'])} train / "
-                   f"{len(session.tensors['x_val'])} val / {len(session.tensors['x_test'])} test images, "
-                   f"{s.n_folds} folds of {max(len(f) for f in session.folds)}",
+        "dataset": f"{session.dataset_name}: {len(session.classes)} classes, {len(session.splits.x_train)} train / "
+                   f"{len(session.splits.x_val)} val / {len(session.splits.x_test)} test images, "
+                   f"{s.n_folds} folds of {session.splits.largest_fold}",
         "blocks": f"{len(session.blocks)} ({', '.join(b.name for b in session.blocks)})",
         "weights": session.pretrained.weights,
-        "device": str(session.finetuner.device),
+        "device": str(session.device),
     }
     estimate = estimate_search(session, config, runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config))
@@ -302,7 +302,7 @@ def _config_document(config: RunConfig, session: Session, runtime: RuntimeConfig
         "final_seeds": list(training_seeds(s.seed, FINAL_SEEDS, s.final_runs)),
         "storage": redact_url(storage or f"sqlite:///{(path / 'study.db').resolve()}"),
         "study_name": f"biotune-{path.name}",
-        "device": str(session.finetuner.device),
+        "device": str(session.device),
         "executor": runtime.executor,
     }
     return document
@@ -313,7 +313,7 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
     engine = make_engine(s.strategy, len(session.blocks), s, s.seed)
     with make_executor(runtime, spec, session) as executor:
         evaluator = FitnessEvaluator(
-            executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.context
+            executor, s.n_folds, training_seeds(s.seed, SEARCH_SEEDS, s.seeds), config.train.lr, session.settings_key
         )
         result = run_search(engine, evaluator, store, listener=listener, budget=budget,
                             pruner=Pruner(s.pruner, config.train.epochs))

@@ -182,18 +182,18 @@ def plan_compare(
         session = Session.prepare(config.model, dataclasses.replace(config.data, dataset=dataset), config.train,
                                   n_folds=config.search.n_folds, seed=config.search.seed, runtime=runtime)
         speed = measure_speed(session, runtime)
-        t = session.tensors
+        t = session.splits
         total = None
         for _, method, _, fraction in todo:
-            one = dict(runs=1, train_images=len(t["x_train"]), val_images=len(t["x_val"]),
-                       test_images=len(t["x_test"]), epochs=config.train.epochs, patience=config.train.patience)
+            one = dict(runs=1, train_images=len(t.y_train), val_images=len(t.y_val),
+                       test_images=len(t.y_test), epochs=config.train.epochs, patience=config.train.patience)
             if method in BASELINES or method == "lpft":
                 cell = estimate_runs(speed, **one)
             elif method in TUNED:  # a grid search with the search's runs on folds, then one final run
                 s = config.search
                 runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
                 cell = estimate_runs(speed, **one, search_runs=runs,
-                                     search_train_images=max(len(f) for f in session.folds))
+                                     search_train_images=session.splits.largest_fold)
             else:  # a Table III fraction is estimated at the configured fold size
                 cell = estimate_search(session, config, runtime, speed, final_seeds=1)
             total = cell if total is None else total + cell
@@ -216,8 +216,9 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
                              seed=config.search.seed)
             lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
                             options.lora_rank)
-            tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device, channels_last=runtime.channels_last,
-                              amp=runtime.amp, cache_memory=0)
+            # Every runtime option kept; the prefix cache off (its entries name the original model's weights).
+            tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device,
+                              dataclasses.replace(tuner.options, cache_memory=0, cache_dir=None))
             lrs, regime = (0.0, config.train.lr), None
             # Share of the original model: the adapters are parameters it did not have.
             percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
@@ -299,11 +300,11 @@ def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, 
     start = time.perf_counter()
     with make_executor(runtime, spec, session) as executor:
         evaluator = FitnessEvaluator(executor, s.n_folds, training_seeds(seed, SEARCH_SEEDS, s.seeds),
-                                     config.train.lr, session.context)
+                                     config.train.lr, session.settings_key)
         names = gene_names([b.name for b in session.blocks])
         suffix = "" if fraction is None else f"-p{fraction:g}"
         store = TrialStore(f"sqlite:///{(out / 'studies.db').resolve()}", f"{slug(study)}-run{run}{suffix}",
-                           names, {"context": session.context, "search": {**s.to_dict(), "strategy": strategy},
+                           names, {"context": session.settings_key, "search": {**s.to_dict(), "strategy": strategy},
                                    "seed": seed})
         result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store,
                             pruner=Pruner(s.pruner, config.train.epochs))

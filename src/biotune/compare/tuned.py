@@ -137,13 +137,13 @@ class LPFT:
 
 def lpft(session: Session, lr: float, seed: int, *, epochs: int) -> LPFT:
     """Linear probe to convergence, then full fine-tuning from the probed head (``epochs`` in all)."""
-    tuner, t = session.finetuner, session.tensors
+    tuner, t = session.finetuner, session.splits
     n = len(session.blocks)
-    train, val = (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"])
+    train, val = t.train, t.val
     probe = tuner.run((0.0,) * (n - 1) + (lr,), train, val, seed, keep_best=True)
     remaining = max(1, epochs - probe.epochs_run)
     ft = tuner.run((lr,) * n, train, val, seed, keep_best=True,
                    regime=Regime(init_state=probe.best_state, epochs=remaining))
-    test = tuner.evaluate(t["x_test"], t["y_test"], state=ft.best_state) if ft.best_state else 0.0
+    test = tuner.evaluate(*t.test, state=ft.best_state) if ft.best_state else 0.0
     return LPFT(ft.best_val_accuracy, float(test), probe.epochs_run, Compute.of([probe, ft]),
                 ft.failure or probe.failure)

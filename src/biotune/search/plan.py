@@ -28,7 +28,7 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
                     *, final_seeds: int | None = None, workers: int | None = None) -> Estimate:
     """The whole search and its top-k final phase (``final_seeds`` per candidate, default the config's),
     on ``workers`` runs at once (default: what the runtime's executor really runs at once)."""
-    device = str(session.finetuner.device)
+    device = str(session.device)
     workers = parallel_runs(runtime, device) if workers is None else workers
     threads = run_threads(runtime, device)
     speed = speed or measure_speed(session, runtime, threads=threads,
@@ -42,11 +42,11 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     s, t = config.search, config.train
     batches = batch_sizes(s.population, s.elites, s.generations)
     evaluations = sum(batches)
-    n_train = len(session.tensors["x_train"])
-    fold = max(len(f) for f in session.folds) if session.folds else n_train
+    n_train = len(session.splits.x_train)
+    fold = session.splits.largest_fold
     estimate = estimate_runs(
         speed, runs=s.top_k * (s.final_runs if final_seeds is None else final_seeds), train_images=n_train,
-        val_images=len(session.tensors["x_val"]), test_images=len(session.tensors["x_test"]),
+        val_images=len(session.splits.x_val), test_images=len(session.splits.x_test),
         epochs=t.epochs, patience=t.patience, workers=workers,
         evaluations=evaluations, search_batches=[b * s.seeds for b in batches],
         search_runs=evaluations * s.seeds, search_train_images=fold,

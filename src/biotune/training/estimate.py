@@ -156,11 +156,11 @@ def _measure(session: Session, runtime: RuntimeConfig, steps: int, leading_froze
     tuner = session.finetuner
     model = copy.deepcopy(tuner.model).train()
     device = tuner.device
-    x, y = session.tensors["x_train"], session.tensors["y_train"]
+    x, y = session.splits.x_train, session.splits.y_train
     batch = min(tuner.batch_size, len(x))
-    eval_batch = min(tuner.eval_batch_size, len(session.tensors["x_val"]))
+    eval_batch = min(tuner.eval_batch_size, len(session.splits.x_val))
     xb, yb = x[:batch], y[:batch]
-    xv = session.tensors["x_val"][:eval_batch]
+    xv = session.splits.x_val[:eval_batch]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if runtime.amp and device.type == "cuda"

@@ -443,15 +443,15 @@ def _process_devices(runtime: RuntimeConfig, device: str) -> list[str]:
 def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> Executor:
     """The executor ``runtime`` asks for; ``session`` serves the local one."""
     if runtime.executor == "local" and runtime.workers_per_device > 1:  # several runs at once on one device
-        runtime = dataclasses.replace(runtime, executor="processes", devices=(str(session.finetuner.device),))
+        runtime = dataclasses.replace(runtime, executor="processes", devices=(str(session.device),))
     if runtime.executor == "local":
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
         return LocalExecutor(session)
     if runtime.executor == "processes":
-        devices = _process_devices(runtime, str(session.finetuner.device))
+        devices = _process_devices(runtime, str(session.device))
         for d in devices:
             dataclasses.replace(runtime, device=d, devices=None).resolve_device()  # a clear error for a bad name
-        threads = run_threads(runtime, str(session.finetuner.device))
+        threads = run_threads(runtime, str(session.device))
         return ProcessExecutor(spec, devices, threads=threads)
     return RayExecutor(spec, workers=runtime.workers, address=runtime.ray_address, threads=runtime.threads or 1)

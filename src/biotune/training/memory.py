@@ -130,15 +130,15 @@ def memory_plan(session, runtime: RuntimeConfig, processes: int, *, cache_bytes:
     import psutil
 
     tuner = session.finetuner
-    t = session.tensors
+    t = session.splits
     device = tuner.device
-    images = [t["x_train"], t["x_val"], t["x_test"]]
+    images = [t.x_train, t.x_val, t.x_test]
     store = sum(getattr(x, "uint8_bytes", 0) for x in images)
     size = session.image_size
     per_image_float = 3 * size * size * 4
     float_copy = sum(len(x) for x in images) * per_image_float
     weights = _model_bytes(tuner.model)
-    sample = t["x_val"][:2]
+    sample = t.x_val[:2]
     activations, largest = _activation_bytes(tuner.model, sample)
     batch = tuner.batch_size
     model_side = (6 * weights + activations * batch + 2 * largest * tuner.eval_batch_size

@@ -37,9 +37,9 @@ from ..models.blocks import Block, partition_model
 from ..models.build import PretrainedModel, build_model, default_input_size, save_state_dict_file
 from .images import DeviceImages
 from .regime import Regime
-from .trainer import FineTuner
+from .trainer import FineTuner, TrainerOptions
 
-__all__ = ["SessionSpec", "Session", "RunRequest", "RunOutcome", "Compute", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
+__all__ = ["SessionSpec", "Session", "DeviceSplits", "RunRequest", "RunOutcome", "Compute", "training_seeds", "SEARCH_SEEDS", "FINAL_SEEDS"]
 
 SEARCH_SEEDS, FINAL_SEEDS = 0, 1
 
@@ -164,6 +164,53 @@ class Compute:
                 "train_seconds": round(self.seconds, 3)}
 
 
+@dataclass(frozen=True)
+class DeviceSplits:
+    """A session's data on its device: per split, uint8 images batched and converted on demand
+    (:class:`DeviceImages`, rows of the memory-mapped store) and labels; the search's folds as index
+    tensors into train. The one place that turns a :class:`SplitData` into what a run trains on."""
+
+    x_train: DeviceImages
+    y_train: torch.Tensor
+    x_val: DeviceImages
+    y_val: torch.Tensor
+    x_test: DeviceImages
+    y_test: torch.Tensor
+    folds: tuple[torch.Tensor, ...]
+
+    @property
+    def train(self) -> tuple[DeviceImages, torch.Tensor]:
+        return self.x_train, self.y_train
+
+    @property
+    def val(self) -> tuple[DeviceImages, torch.Tensor]:
+        return self.x_val, self.y_val
+
+    @property
+    def test(self) -> tuple[DeviceImages, torch.Tensor]:
+        return self.x_test, self.y_test
+
+    @property
+    def largest_fold(self) -> int:
+        """Images of the largest fold (the training set when there is one fold)."""
+        return max((len(f) for f in self.folds), default=len(self.y_train))
+
+    @classmethod
+    def of(cls, split: SplitData, *, size: int, mean, std, device: torch.device, channels_last: bool,
+           fingerprint: str) -> "DeviceSplits":
+        parts: dict[str, Any] = {}
+        for name, rows, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
+                                   ("test", split.x_test, split.y_test)):
+            # uint8 rows of the store (mapped, shared by every process), float only batch by batch on the device.
+            index = getattr(rows, "index", None)
+            which = "all" if index is None else hashlib.sha1(index.tobytes()).hexdigest()[:12]
+            parts[f"x_{name}"] = DeviceImages(rows, image_size=size, mean=mean, std=std, device=device,
+                                              channels_last=channels_last, digest=f"{fingerprint}-{name}-{which}")
+            y = torch.as_tensor(labels)
+            parts[f"y_{name}"] = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
+        return cls(**parts, folds=tuple(torch.as_tensor(f, device=device) for f in split.folds))
+
+
 @dataclass
 class Session:
     """A model and a dataset made ready for training (built once, used by search and final)."""
@@ -173,13 +220,17 @@ class Session:
     data: SplitData
     dataset_name: str
     image_size: int
-    tensors: dict[str, "DeviceImages | torch.Tensor"]  # x_*: uint8 images batched on the device; y_*: labels
-    folds: tuple[torch.Tensor, ...]
+    splits: DeviceSplits
     finetuner: FineTuner
-    context: str
+    settings_key: str  # a hash of everything that decides a run's result: part of every memo and cache key
     classes: tuple[str, ...] = ()
     read_size: int = 0  # side image files were read at (short side, centre crop) before the resize
     reading: tuple[str, ...] = ()  # how the source was read (data.store.report_lines), for --dry-run
+
+    @property
+    def device(self) -> torch.device:
+        """Where this session trains."""
+        return self.finetuner.device
 
     @classmethod
     def from_spec(cls, spec: SessionSpec) -> "Session":
@@ -215,19 +266,9 @@ class Session:
         size, _ = resolve_image_size(data.image_size, data.dataset, pm.input_size,
                                      _native_size(ds) if native else None)
         warn_small_images(size, data.dataset)
-        tensors = {}
-        for name, rows, labels in (("train", split.x_train, split.y_train), ("val", split.x_val, split.y_val),
-                                   ("test", split.x_test, split.y_test)):
-            # uint8 rows of the store (mapped, shared by every process), float only batch by batch on the device.
-            index = getattr(rows, "index", None)
-            which = "all" if index is None else hashlib.sha1(index.tobytes()).hexdigest()[:12]
-            tensors[f"x_{name}"] = DeviceImages(rows, image_size=size, mean=pm.mean, std=pm.std, device=device,
-                                                channels_last=runtime.channels_last,
-                                                digest=f"{ds.fingerprint()}-{name}-{which}")
-            y = torch.as_tensor(labels)
-            tensors[f"y_{name}"] = (y.pin_memory() if device.type == "cuda" else y).to(device, non_blocking=True)
-        folds = tuple(torch.as_tensor(f, device=device) for f in split.folds)
-        context = json.dumps(
+        splits = DeviceSplits.of(split, size=size, mean=pm.mean, std=pm.std, device=device,
+                                 channels_last=runtime.channels_last, fingerprint=ds.fingerprint())
+        settings_key = hashlib.sha1(json.dumps(
             {
                 "model": pm.name,
                 "weights": pm.weights,
@@ -240,16 +281,10 @@ class Session:
                 "n_folds": n_folds,
             },
             sort_keys=True,
-        )
-        context = hashlib.sha1(context.encode()).hexdigest()[:16]
-        finetuner = FineTuner(
-            pm.model, blocks, train, device, channels_last=runtime.channels_last, amp=runtime.amp,
-            compile=runtime.compile, cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
-            auto_batch_size=runtime.auto_batch_size,
-            cache_namespace=f"{slug(pm.name)}-{context}-{'nhwc' if runtime.channels_last else 'nchw'}"
-                            f"{'-bf16' if runtime.amp and device.type == 'cuda' else ''}",
-        )
-        return cls(pm, blocks, split, ds.name, size, tensors, folds, finetuner, context, ds.classes, read_size,
+        ).encode()).hexdigest()[:16]
+        options = TrainerOptions.of(runtime, device, namespace=f"{slug(pm.name)}-{settings_key}")
+        finetuner = FineTuner(pm.model, blocks, train, device, options)
+        return cls(pm, blocks, split, ds.name, size, splits, finetuner, settings_key, ds.classes, read_size,
                    tuple(report_lines(ds)))
 
     def perform(
@@ -265,17 +300,17 @@ class Session:
         ``finetuner`` replaces the session's (e.g. a LoRA-wrapped model on the same data) and
         ``regime`` adds a baseline's penalty or schedule.
         """
-        t = self.tensors
+        t = self.splits
         tuner = finetuner or self.finetuner
         final = request.fold is None
         result = tuner.run(
-            request.lrs, (t["x_train"], t["y_train"]), (t["x_val"], t["y_val"]), request.seed,
-            keep_best=final, on_epoch=on_epoch, train_index=None if final else self.folds[request.fold], regime=regime,
+            request.lrs, t.train, t.val, request.seed,
+            keep_best=final, on_epoch=on_epoch, train_index=None if final else t.folds[request.fold], regime=regime,
             should_stop=None if request.pruning is None else request.pruning.start(),
         )
         test = None
         if final:
-            test = tuner.evaluate(t["x_test"], t["y_test"], state=result.best_state) if result.best_state else 0.0
+            test = tuner.evaluate(*t.test, state=result.best_state) if result.best_state else 0.0
             if request.save_to is not None:
                 save_state_dict_file(request.save_to, result.best_state or tuner.model.state_dict())
         return RunOutcome(

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import RuntimeConfig, TrainConfig
 from ..errors import BioTuneError
 from ..models.blocks import Block
 from ..models.build import reset_head
@@ -87,15 +87,12 @@ class TrainResult:
     pruned: bool = False
 
 
-class FineTuner:
-    """Fine-tunes one pretrained model again and again from the same starting weights.
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How a :class:`FineTuner` runs, never what it computes; passed whole, so that a trainer rebuilt
+    for another model (LoRA) keeps every option.
 
-    Args:
-        model: the model, head already sized for the task; its current weights are the
-            starting point of every run.
-        blocks: the model's partition (see :func:`biotune.models.blocks.partition_model`).
-        config: epochs, patience, batch size, BatchNorm treatment.
-        device: where to train; data given to :meth:`run` must be there already.
+    Attributes:
         channels_last: use the NHWC memory format for the model.
         amp: bf16 autocast (CUDA only; ignored elsewhere).
         compile: run the model through ``torch.compile``.
@@ -105,6 +102,38 @@ class FineTuner:
         cache_namespace: names this model's weights and preprocessing in those files.
         auto_batch_size: on out-of-memory, halve the batch size and retry the run (the
             smaller size then sticks); without it, a clear error names the batch size.
+    """
+
+    channels_last: bool = True
+    amp: bool = False
+    compile: bool = False
+    cache_memory: int = 0
+    cache_dir: str | None = None
+    cache_namespace: str = "prefix"
+    auto_batch_size: bool = False
+
+    @classmethod
+    def of(cls, runtime: RuntimeConfig, device: torch.device, *, namespace: str) -> "TrainerOptions":
+        """The options a run's :class:`RuntimeConfig` sets; ``namespace`` names the model and settings
+        in the prefix cache (memory format and autocast are added to it)."""
+        layout = "nhwc" if runtime.channels_last else "nchw"
+        bf16 = "-bf16" if runtime.amp and device.type == "cuda" else ""
+        return cls(channels_last=runtime.channels_last, amp=runtime.amp, compile=runtime.compile,
+                   cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
+                   cache_namespace=f"{namespace}-{layout}{bf16}", auto_batch_size=runtime.auto_batch_size)
+
+
+class FineTuner:
+    """Fine-tunes one pretrained model again and again from the same starting weights.
+
+    Args:
+        model: the model, head already sized for the task; its current weights are the
+            starting point of every run.
+        blocks: the model's partition (see :func:`biotune.models.blocks.partition_model`).
+        config: epochs, patience, batch size, BatchNorm treatment.
+        device: where to train; data given to :meth:`run` must be there already.
+        options: how it runs (:class:`TrainerOptions`; default: channels-last, no autocast, no
+            prefix cache).
 
     Example:
         >>> import timm, torch
@@ -123,29 +152,24 @@ class FineTuner:
         blocks: Sequence[Block],
         config: TrainConfig,
         device: torch.device,
-        *,
-        channels_last: bool = True,
-        amp: bool = False,
-        compile: bool = False,
-        cache_memory: int = 0,
-        cache_dir: str | None = None,
-        cache_namespace: str = "prefix",
-        auto_batch_size: bool = False,
+        options: TrainerOptions | None = None,
     ) -> None:
+        options = options or TrainerOptions()
+        self.options = options
         self.model = model.to(device)
-        if channels_last:
+        if options.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.blocks = tuple(blocks)
         self.config = config
         self.device = device
-        self.amp = bool(amp) and device.type == "cuda"
-        self.auto_batch_size = auto_batch_size
+        self.amp = bool(options.amp) and device.type == "cuda"
+        self.auto_batch_size = options.auto_batch_size
         self.batch_size = config.batch_size
         self.eval_batch_size = 512
-        self._forward = torch.compile(self.model) if compile else self.model
+        self._forward = torch.compile(self.model) if options.compile else self.model
         self.cache = PrefixCache(
-            self.model, self.blocks, memory=cache_memory, autocast=self._autocast, directory=cache_dir,
-            namespace=cache_namespace,
+            self.model, self.blocks, memory=options.cache_memory, autocast=self._autocast, directory=options.cache_dir,
+            namespace=options.cache_namespace,
         )
         self._initial = copy.deepcopy(self.model.state_dict())
         modules = dict(self.model.named_modules())
