@@ -13,7 +13,7 @@ SRC = Path(biotune.__file__).parent
 # layers before it. errors/config/_files/_version are shared by all and import only each other.
 LAYERS = ("shared", "data", "models", "training", "search", "compare", "top")
 SHARED = {"errors", "config", "_files", "_version"}
-TOP = {"pipeline", "cli", "__init__", "__main__"}
+TOP = {"pipeline", "results", "cli", "__init__", "__main__"}
 
 PUBLIC = {
     "BASELINES", "BioTuneError", "Block", "Compute", "Configuration", "DataConfig", "FineTuner", "FinalResult",

@@ -10,6 +10,7 @@ from .compare.baselines import lora_model as lora_model
 from .config import PRESETS as PRESETS
 from .config import STRATEGIES as STRATEGIES
 from .config import DataConfig as DataConfig
+from .config import ReadOptions as ReadOptions
 from .config import ModelConfig as ModelConfig
 from .config import RunConfig as RunConfig
 from .config import RuntimeConfig as RuntimeConfig
@@ -34,6 +35,8 @@ from .pipeline import RunResult as RunResult
 from .pipeline import finetune as finetune
 from .pipeline import load_configuration as load_configuration
 from .pipeline import run as run
+from .results import FinetuneOutcome as FinetuneOutcome
+from .results import SearchOutcome as SearchOutcome
 from .search.engines import RandomSearch as RandomSearch
 from .search.engines import TPESearch as TPESearch
 from .search.engines import make_engine as make_engine
@@ -51,4 +54,5 @@ from .training.groups import param_groups as param_groups
 from .training.regime import Regime as Regime
 from .training.session import Compute as Compute
 from .training.trainer import FineTuner as FineTuner
+from .training.trainer import TrainerOptions as TrainerOptions
 from .training.trainer import TrainResult as TrainResult

@@ -28,6 +28,7 @@ from .config import READ_DEFAULTS, DataConfig, ModelConfig, RunConfig, RuntimeCo
 from .errors import BioTuneError, redact_url, scrub
 from .models.artifact import MODEL_DIR, ModelCard, save_model_dir
 from .models.blocks import Block, partition_model
+from .results import CandidateOutcome, FinetuneOutcome, SearchOutcome, SearchStop
 from .search.engines import make_engine
 from .search.evolution import batch_sizes
 from .search.final import FinalResult, FinalRun, Selection, best_weights, select_final
@@ -58,7 +59,12 @@ class RunResult:
     search: SearchResult
     selection: Selection
     blocks: tuple[Block, ...]
-    best: dict[str, Any]
+    outcome: SearchOutcome
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The ``best.json`` document (:meth:`SearchOutcome.to_dict`)."""
+        return self.outcome.to_dict()
 
     @property
     def final(self) -> FinalResult:
@@ -318,25 +324,26 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
         result = run_search(engine, evaluator, store, listener=listener, budget=budget,
                             pruner=Pruner(s.pruner, config.train.epochs))
         selection = _final(path, session, executor, config, result, listener)
-        best = _best_document(session, config, result, selection)
-        best["search_stop"] = {
-            "stopped_by": result.stopped_by,
-            "generations_done": len(result.generations),
-            "generations_planned": len(_generation_runs(config)),
-            "time_limit_seconds": None if budget is None else budget.limit,
-            "pruner": s.pruner,
-            "evaluations_pruned": result.pruned,
-            "evaluations": sum(1 for r in result.history if r.source != "memo"),
-        }
-        best["model_dir"] = str(_deliver(path / MODEL_DIR, path / WEIGHTS_DIR, session, executor, config.train.lr,
-                                         selection, listener, best["blocks"], strategy=s.strategy))
-    write_json(path / "best.json", best)
+        stop = SearchStop(
+            stopped_by=result.stopped_by,
+            generations_done=len(result.generations),
+            generations_planned=len(_generation_runs(config)),
+            time_limit_seconds=None if budget is None else budget.limit,
+            pruner=s.pruner,
+            evaluations_pruned=result.pruned,
+            evaluations=sum(1 for r in result.history if r.source != "memo"),
+        )
+        rows = block_table(session.blocks, list(selection.result.genes), config.train.lr)
+        model_dir = _deliver(path / MODEL_DIR, path / WEIGHTS_DIR, session, executor, config.train.lr, selection,
+                             listener, rows, strategy=s.strategy)
+        outcome = _outcome(session, config, result, selection, stop, str(model_dir))
+    write_json(path / "best.json", outcome.to_dict())
     plot_heatmap(
         path / "heatmap.png", [b.name for b in session.blocks],
-        [(f"{session.dataset_name}", [r["lr_multiplier"] for r in best["blocks"]])],
+        [(f"{session.dataset_name}", [r["lr_multiplier"] for r in outcome.blocks])],
         title=f"BioTune configuration: {config.model.name} on {session.dataset_name}",
     )
-    return RunResult(path, result, selection, session.blocks, best)
+    return RunResult(path, result, selection, session.blocks, outcome)
 
 
 def _final(path, session, executor, config, result, listener) -> Selection:
@@ -397,50 +404,53 @@ def _deliver(folder: Path, weights_dir: Path, session: Session, executor, base_l
     return folder
 
 
-def _best_document(session: Session, config: RunConfig, result: SearchResult, selection: Selection) -> dict[str, Any]:
+def _outcome(session: Session, config: RunConfig, result: SearchResult, selection: Selection, stop: SearchStop,
+             model_dir: str = "") -> SearchOutcome:
     final = selection.result
     genes = list(final.genes)
     estimate = {r.genes: r for r in result.ranking}
     search_compute, final_compute = result.compute, selection.compute
-    return {
-        "genes": genes[:-1],
-        "threshold": genes[-1],
-        "blocks": block_table(session.blocks, genes, config.train.lr),
-        "strategy": config.search.strategy,
-        "metric": config.train.metric,
-        "selected_by": selection.selected_by,
-        "candidates": [
-            {
-                "genes": list(c.genes[:-1]),
-                "threshold": c.genes[-1],
-                "fitness": estimate[c.genes].fitness,
-                "search_runs": estimate[c.genes].runs,
-                "val_accuracy": c.val_accuracy_mean,
-                "test_accuracy": c.test_accuracy_mean,
-                "trainable_percent": c.trainable_percent,
-                "chosen": i == selection.chosen,
-            }
+    return SearchOutcome(
+        genes=tuple(genes[:-1]),
+        threshold=genes[-1],
+        blocks=tuple(block_table(session.blocks, genes, config.train.lr)),
+        strategy=config.search.strategy,
+        metric=config.train.metric,
+        selected_by=selection.selected_by,
+        candidates=tuple(
+            CandidateOutcome(
+                genes=tuple(c.genes[:-1]),
+                threshold=c.genes[-1],
+                fitness=estimate[c.genes].fitness,
+                search_runs=estimate[c.genes].runs,
+                val_accuracy=c.val_accuracy_mean,
+                test_accuracy=c.test_accuracy_mean,
+                trainable_percent=c.trainable_percent,
+                chosen=i == selection.chosen,
+            )
             for i, c in enumerate(selection.candidates)
-        ],
-        "fitness": estimate[final.genes].fitness,
-        "val_accuracy_search": 1.0 - estimate[final.genes].fitness,
-        "initial_population_mean_fitness": result.initial_mean_fitness,
-        "compute": {"search": search_compute.to_dict(), "final": final_compute.to_dict(),
-                    "total": (search_compute + final_compute).to_dict()},
-        "test_accuracy_mean": final.test_accuracy_mean,
-        "test_accuracy_se": final.test_accuracy_se,
-        "test_accuracies": [r.test_accuracy for r in final.runs],
-        "val_accuracy_final_mean": final.val_accuracy_mean,
-        "trainable_percent": final.trainable_percent,
-        "final_failures": [f"seed {r.seed}: {r.failure or 'diverged'}" for r in final.runs if r.diverged],
-        "model": config.model.to_dict(),
-        "train": config.train.to_dict(),
-        "base_lr": config.train.lr,
-        "dataset": session.dataset_name,
-        "num_classes": session.pretrained.num_classes,
-        "image_size": session.image_size,
-        "weights": session.pretrained.weights,
-    }
+        ),
+        fitness=estimate[final.genes].fitness,
+        val_accuracy_search=1.0 - estimate[final.genes].fitness,
+        initial_population_mean_fitness=result.initial_mean_fitness,
+        compute={"search": search_compute.to_dict(), "final": final_compute.to_dict(),
+                 "total": (search_compute + final_compute).to_dict()},
+        test_accuracy_mean=final.test_accuracy_mean,
+        test_accuracy_se=final.test_accuracy_se,
+        test_accuracies=tuple(r.test_accuracy for r in final.runs),
+        val_accuracy_final_mean=final.val_accuracy_mean,
+        trainable_percent=final.trainable_percent,
+        final_failures=tuple(f"seed {r.seed}: {r.failure or 'diverged'}" for r in final.runs if r.diverged),
+        model=config.model.to_dict(),
+        train=config.train.to_dict(),
+        base_lr=config.train.lr,
+        dataset=session.dataset_name,
+        num_classes=session.pretrained.num_classes,
+        image_size=session.image_size,
+        weights=session.pretrained.weights,
+        search_stop=stop,
+        model_dir=model_dir,
+    )
 
 
 @dataclass(frozen=True)
@@ -527,7 +537,7 @@ def finetune(
     runtime: RuntimeConfig | None = None,
     listener: SearchListener | None = None,
     model_dir: str | Path | None = None,
-) -> tuple[FinalResult, tuple[Block, ...], Session]:
+) -> FinetuneOutcome:
     """Fine-tune with a saved configuration on a dataset; test accuracy over ``runs`` seeds.
 
     Args:
@@ -562,7 +572,8 @@ def finetune(
             executor, [cfg.genes], session.blocks, base_lr=train.lr, seeds=training_seeds(seed, FINAL_SEEDS, runs),
             weights_dir=weights_dir, on_run=lambda genes, run_: listener.on_final_run(run_), on_epoch=listener.on_epoch,
         )
+        rows = block_table(session.blocks, list(cfg.genes), train.lr)
         if model_dir is not None:
-            _deliver(model_dir, weights_dir, session, executor, train.lr, selection, listener,
-                     block_table(session.blocks, list(cfg.genes), train.lr), configuration=cfg.source)
-    return selection.result, session.blocks, session
+            _deliver(model_dir, weights_dir, session, executor, train.lr, selection, listener, rows,
+                     configuration=cfg.source)
+    return FinetuneOutcome(selection.result, session.blocks, tuple(rows), session.dataset_name, model_dir)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .._files import slug
 from ..config import DataConfig, TrainConfig
 from ..errors import BioTuneError, redact_url
-from ..search.report import block_table, format_block_table
+from ..search.report import format_block_table
 from ._options import explicit_settings, print_plan, runtime_config, search_config, settings_lines, train_overrides
 from ._progress import Progress
 
@@ -34,44 +34,48 @@ def cmd_search(args) -> int:
                      time_limit=args.time_limit)
     finally:
         progress.close()
-    best = result.best
+    _print_outcome(result, config, args)
+    return 0
+
+
+def _print_outcome(result, config, args) -> None:
+    """The search's summary: the chosen configuration, the final phase, accuracy, compute, outputs."""
+    best = result.outcome
     print()
-    print(f"BioTune configuration for {config.model.name} on {best['dataset']} "
+    print(f"BioTune configuration for {config.model.name} on {best.dataset} "
           f"({len(result.blocks)} blocks, {config.model.granularity} granularity):")
-    print(format_block_table(best["blocks"]))
+    print(format_block_table(list(best.blocks)))
     print()
-    print(f"top-{len(best['candidates'])} configurations of the {best['strategy']} search, fine-tuned "
-          f"({len(best['test_accuracies'])} runs each) and chosen by validation accuracy:")
-    for i, c in enumerate(best["candidates"]):
-        mark = "*" if c["chosen"] else " "
-        print(f"  {mark} #{i + 1}  search fitness {c['fitness']:.4f}  val {100 * c['val_accuracy']:.2f}%  "
-              f"test {100 * c['test_accuracy']:.2f}%  trainable {c['trainable_percent']:.1f}%")
+    print(f"top-{len(best.candidates)} configurations of the {best.strategy} search, fine-tuned "
+          f"({len(best.test_accuracies)} runs each) and chosen by validation accuracy:")
+    for i, c in enumerate(best.candidates):
+        mark = "*" if c.chosen else " "
+        print(f"  {mark} #{i + 1}  search fitness {c.fitness:.4f}  val {100 * c.val_accuracy:.2f}%  "
+              f"test {100 * c.test_accuracy:.2f}%  trainable {c.trainable_percent:.1f}%")
     print()
-    print(f"validation fitness Φ (mean)       : {best['fitness']:.4f}  (val. accuracy {1 - best['fitness']:.4f})")
-    print(f"initial population mean fitness   : {best['initial_population_mean_fitness']:.4f}")
-    print(f"test accuracy ({len(best['test_accuracies'])} runs)            : "
-          f"{100 * best['test_accuracy_mean']:.2f}% ± {100 * best['test_accuracy_se']:.2f} (SE)")
-    print(f"trainable parameters              : {best['trainable_percent']:.1f}%")
-    for failure in best["final_failures"]:
+    print(f"validation fitness Φ (mean)       : {best.fitness:.4f}  (val. accuracy {1 - best.fitness:.4f})")
+    print(f"initial population mean fitness   : {best.initial_population_mean_fitness:.4f}")
+    print(f"test accuracy ({len(best.test_accuracies)} runs)            : "
+          f"{100 * best.test_accuracy_mean:.2f}% ± {100 * best.test_accuracy_se:.2f} (SE)")
+    print(f"trainable parameters              : {best.trainable_percent:.1f}%")
+    for failure in best.final_failures:
         print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
-    stop = best["search_stop"]
-    if stop.get("evaluations_pruned"):
-        search = best["compute"]["search"]
-        label = f"pruned ({stop['pruner']})"
-        print(f"{label:34s}: {stop['evaluations_pruned']} of {stop['evaluations']} evaluations "
-              f"stopped early; the search trained {search['epochs']} epochs")
-    if stop["stopped_by"] != "generations done":
-        print(f"search stopped by                 : {stop['stopped_by']} after {stop['generations_done']} of "
-              f"{stop['generations_planned']} generations")
+    stop = best.search_stop
+    if stop.evaluations_pruned:
+        label = f"pruned ({stop.pruner})"
+        print(f"{label:34s}: {stop.evaluations_pruned} of {stop.evaluations} evaluations "
+              f"stopped early; the search trained {best.compute['search']['epochs']} epochs")
+    if stop.stopped_by != "generations done":
+        print(f"search stopped by                 : {stop.stopped_by} after {stop.generations_done} of "
+              f"{stop.generations_planned} generations")
     study = "study.db" if args.storage is None else None
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png"
           f"{', ' + study if study else ''})")
     if study is None:
         print(f"study                             : {redact_url(args.storage)}")
-    print(f"fine-tuned model                  : {best['model_dir']}/ (best final run by validation; "
-          f"biotune predict --model {result.run_dir} IMAGES, or timm.create_model(\"local-dir:{best['model_dir']}\"))")
-    return 0
+    print(f"fine-tuned model                  : {best.model_dir}/ (best final run by validation; "
+          f"biotune predict --model {result.run_dir} IMAGES, or timm.create_model(\"local-dir:{best.model_dir}\"))")
 
 
 def cmd_finetune(args) -> int:
@@ -88,15 +92,14 @@ def cmd_finetune(args) -> int:
     model_dir = args.model_dir or (Path(args.config).expanduser().parent
                                    / f"finetune-{slug(Path(data.dataset).stem or data.dataset)}" / "model")
     try:
-        result, blocks, session = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed,
-                                           weights=args.weights, runtime=runtime, listener=progress,
-                                           model_dir=model_dir)
+        outcome = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed, weights=args.weights,
+                           runtime=runtime, listener=progress, model_dir=model_dir)
     finally:
         progress.close()
-    rows = block_table(blocks, cfg.genes, train.lr)
+    result = outcome.final
     print()
-    print(f"configuration {args.config} applied to {cfg.model.name} on {session.dataset_name}:")
-    print(format_block_table(rows))
+    print(f"configuration {args.config} applied to {cfg.model.name} on {outcome.dataset}:")
+    print(format_block_table(list(outcome.block_rows)))
     print()
     print(f"test accuracy ({args.runs} runs): {100 * result.test_accuracy_mean:.2f}% ± {100 * result.test_accuracy_se:.2f} (SE)")
     print(f"trainable parameters : {result.trainable_percent:.1f}%")
@@ -107,11 +110,7 @@ def cmd_finetune(args) -> int:
     if args.output:
         from .._files import write_json
 
-        write_json(args.output, {
-            "config": str(args.config), "dataset": session.dataset_name, "blocks": rows,
-            "test_accuracy_mean": result.test_accuracy_mean, "test_accuracy_se": result.test_accuracy_se,
-            "trainable_percent": result.trainable_percent, "runs": [r.to_dict() for r in result.runs],
-        })
+        write_json(args.output, {"config": str(args.config), **outcome.to_dict()})
     return 0
 
 
