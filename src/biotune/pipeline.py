@@ -106,9 +106,9 @@ def _resolve_run_dir(run_dir: str | Path | None, config: RunConfig, dataset_name
             except ValueError as err:
                 raise BioTuneError(f"--run-dir {path}: config.json is not valid JSON ({err})") from None
             if stored != wanted:
-                from .search.study import _diff
+                from .search.study import settings_diff
 
-                diff = "; ".join(_diff(stored, wanted)[:5])
+                diff = "; ".join(settings_diff(stored, wanted)[:5])
                 raise BioTuneError(
                     f"--run-dir {path} holds a run with other settings ({diff}); "
                     "choose another --run-dir or repeat the same settings to resume"

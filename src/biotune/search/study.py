@@ -19,7 +19,7 @@ from ..errors import BioTuneError
 from .evolution import Candidate
 from .fitness import Evaluation
 
-__all__ = ["with_driver", "TrialStore", "StoredEvaluation", "gene_names"]
+__all__ = ["with_driver", "TrialStore", "StoredEvaluation", "gene_names", "settings_diff"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +80,50 @@ class StoredEvaluation:
     evaluation: Evaluation
 
 
-def _diff(stored: Any, current: Any, path: str = "") -> list[str]:
+def settings_diff(stored: Any, current: Any, path: str = "") -> list[str]:
+    """Where two nested settings documents differ: ``["train.epochs: 4 -> 8", ...]``."""
     if isinstance(stored, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(stored) | set(current)):
-            out += _diff(stored.get(key), current.get(key), f"{path}.{key}" if path else key)
+            out += settings_diff(stored.get(key), current.get(key), f"{path}.{key}" if path else key)
         return out
     return [] if stored == current else [f"{path}: {stored!r} -> {current!r}"]
+
+
+# An evaluation's fields kept as trial user attributes (the fold is written when the trial starts, the
+# curve as intermediate values); pruned_seeds and failure only when set. The one place their names live.
+_STORED = ("seeds", "accuracies", "seconds", "trained", "diverged_seeds", "epochs", "images", "fitness",
+           "pruned_seeds", "failure")
+
+
+def _evaluation_attrs(evaluation: Evaluation) -> dict[str, Any]:
+    """The user attributes of a finished evaluation's trial (JSON values)."""
+    out = {}
+    for name in _STORED:
+        value = getattr(evaluation, name)
+        if name in ("pruned_seeds", "failure") and not value:
+            continue
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _evaluation_from(attrs: dict[str, Any], value: float | None, curve: tuple[float, ...]) -> Evaluation:
+    """An evaluation read back from its trial's attributes (older studies lack some: their defaults)."""
+    seeds = tuple(int(s) for s in attrs["seeds"])
+    return Evaluation(
+        fitness=float(attrs["fitness"] if "fitness" in attrs else value),
+        accuracies=tuple(float(x) for x in attrs["accuracies"]),
+        seeds=seeds,
+        fold=int(attrs["fold"]),
+        seconds=float(attrs.get("seconds", 0.0)),
+        trained=int(attrs.get("trained", len(seeds))),
+        diverged_seeds=tuple(int(s) for s in attrs.get("diverged_seeds", ())),
+        failure=attrs.get("failure"),
+        epochs=int(attrs.get("epochs", 0)),
+        images=int(attrs.get("images", 0)),
+        pruned_seeds=tuple(int(s) for s in attrs.get("pruned_seeds", ())),
+        curve=curve,
+    )
 
 
 class TrialStore:
@@ -121,7 +158,7 @@ class TrialStore:
             self.study.set_user_attr("config", config)
         else:
             comparable = lambda c: {k: v for k, v in c.items() if k != "biotune_version"}  # noqa: E731
-            diff = _diff(comparable(stored), comparable(config))
+            diff = settings_diff(comparable(stored), comparable(config))
             if diff:
                 raise BioTuneError(
                     f"study {study_name!r} holds a search with other settings ({'; '.join(diff[:5])}); "
@@ -145,21 +182,7 @@ class TrialStore:
         out = {}
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             a = t.user_attrs
-            seeds = tuple(int(s) for s in a["seeds"])
-            ev = Evaluation(
-                fitness=float(a["fitness"] if "fitness" in a else t.value),
-                accuracies=tuple(float(x) for x in a["accuracies"]),
-                seeds=seeds,
-                fold=int(a["fold"]),
-                seconds=float(a.get("seconds", 0.0)),
-                trained=int(a.get("trained", len(seeds))),
-                diverged_seeds=tuple(int(s) for s in a.get("diverged_seeds", ())),
-                failure=a.get("failure"),
-                epochs=int(a.get("epochs", 0)),
-                images=int(a.get("images", 0)),
-                pruned_seeds=tuple(int(s) for s in a.get("pruned_seeds", ())),
-                curve=tuple(float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)),
-            )
+            ev = _evaluation_from(a, t.value, tuple(float(t.intermediate_values[k]) for k in sorted(t.intermediate_values)))
             genes = tuple(float(t.params[n]) for n in self.param_names)
             key = (int(a["generation"]), int(a["slot"]))
             out[key] = StoredEvaluation(t.number, genes, key[0], key[1], a["role"], ev)
@@ -191,21 +214,13 @@ class TrialStore:
         """
         for step, value in enumerate(evaluation.curve, start=1):
             trial.report(value, step)
-        trial.set_user_attr("seeds", list(evaluation.seeds))
-        trial.set_user_attr("accuracies", list(evaluation.accuracies))
-        trial.set_user_attr("seconds", evaluation.seconds)
-        trial.set_user_attr("trained", evaluation.trained)
-        trial.set_user_attr("diverged_seeds", list(evaluation.diverged_seeds))
-        trial.set_user_attr("epochs", evaluation.epochs)
-        trial.set_user_attr("images", evaluation.images)
-        trial.set_user_attr("fitness", evaluation.fitness)
+        for name, value in _evaluation_attrs(evaluation).items():
+            trial.set_user_attr(name, value)
         if evaluation.pruned:
-            trial.set_user_attr("pruned_seeds", list(evaluation.pruned_seeds))
             self.study.tell(trial, state=self._optuna.trial.TrialState.PRUNED)
             return trial.number
         if evaluation.failure:
             # Diverged: completed with the worst fitness, so a resumed search reads it back.
-            trial.set_user_attr("failure", evaluation.failure)
             logger.warning("trial %d failed: %s (scored %.1f)", trial.number, evaluation.failure, evaluation.fitness)
         self.study.tell(trial, evaluation.fitness)
         return trial.number
