@@ -12,7 +12,7 @@ SRC = Path(biotune.__file__).parent
 # The direction of flow (README, "How it is built"): a module may import its own layer and the
 # layers before it. errors/config/_files/_version are shared by all and import only each other.
 LAYERS = ("shared", "data", "models", "training", "search", "compare", "top")
-SHARED = {"errors", "config", "_files", "_version"}
+SHARED = {"errors", "config", "_files", "_registry", "_version"}
 TOP = {"pipeline", "results", "cli", "__init__", "__main__"}
 
 PUBLIC = {
@@ -91,3 +91,26 @@ def test_each_subpackage_says_what_it_is_for():
     for package in ("data", "models", "training", "search", "compare", "cli"):
         doc = ast.get_docstring(ast.parse((SRC / package / "__init__.py").read_text()))
         assert doc and len(doc.split()) >= 10, f"biotune/{package}/__init__.py needs a docstring saying what it is for"
+
+
+def test_the_command_line_imports_only_public_names():
+    """``cli`` is a thin layer over the public API: what it imports from a package is what the package's
+    ``__init__`` exports; from a module, what its ``__all__`` lists (``config``, ``errors``)."""
+    import importlib
+
+    private = []
+    for path in sorted((SRC / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.level < 2:
+                continue
+            module = "biotune" + ("." + node.module if node.module else "")
+            target = importlib.import_module(module)
+            public = getattr(target, "__all__", None)
+            for alias in node.names:
+                exported = public is not None and alias.name in public
+                if hasattr(target, "__path__"):  # a package: its __init__'s re-exports (``name as name``)
+                    source = Path(target.__file__).read_text()
+                    exported = exported or f"as {alias.name}\n" in source
+                if not exported or module.split(".")[-1].startswith("_"):
+                    private.append(f"{path.name}:{node.lineno} {module}.{alias.name}")
+    assert not private, private

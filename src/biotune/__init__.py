@@ -33,7 +33,9 @@ from .models.predict import predict as predict
 from .pipeline import Configuration as Configuration
 from .pipeline import RunResult as RunResult
 from .pipeline import finetune as finetune
+from .pipeline import finetune_model_dir as finetune_model_dir
 from .pipeline import load_configuration as load_configuration
+from .pipeline import plan as plan
 from .pipeline import run as run
 from .results import FinetuneOutcome as FinetuneOutcome
 from .results import SearchOutcome as SearchOutcome

@@ -15,11 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._registry import EXECUTORS, PRUNERS, STRATEGIES
 from .errors import BioTuneError
 
 __all__ = [
     "ModelConfig",
     "DataConfig",
+    "ReadOptions",
+    "READ_DEFAULTS",
+    "NATIVE",
     "TrainConfig",
     "SearchConfig",
     "RunConfig",
@@ -33,8 +37,6 @@ __all__ = [
 ]
 
 GRANULARITIES = ("stage", "block")
-STRATEGIES = ("robust", "memetic", "random", "tpe")  # search strategies (see biotune.search.engines)
-PRUNERS = ("none", "median", "successive-halving", "hyperband")  # see biotune.search.pruning
 
 
 def _check_int(name: str, value: Any, low: int, high: float = math.inf) -> None:
@@ -365,15 +367,13 @@ class SearchConfig(_Serialisable):
         _check_float("fraction", self.fraction, 0.0, 1.0)
         _check_int("final_runs", self.final_runs, 1)
         _check_int("seed", self.seed, 0, 2**31 - 1)
-        if self.strategy not in STRATEGIES:
-            raise BioTuneError(f"`strategy` must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        STRATEGIES.check(self.strategy, "strategy")
         _check_int("top_k", self.top_k, 1)
         if not isinstance(self.train_head, bool):
             raise TypeError(f"`train_head` must be a bool, got {self.train_head!r}")
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
-        if self.pruner not in PRUNERS:
-            raise BioTuneError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        PRUNERS.check(self.pruner, "pruner")
 
     @property
     def n_folds(self) -> int:
@@ -421,7 +421,6 @@ class RunConfig:
         return RunConfig(**parts)
 
 
-EXECUTORS = ("local", "processes", "ray")
 
 
 @dataclass(frozen=True)
@@ -475,8 +474,7 @@ class RuntimeConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise BioTuneError(f"`executor` must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        EXECUTORS.check(self.executor, "executor")
         if self.workers is not None:
             _check_int("workers", self.workers, 1, 1024)
         if self.threads is not None:

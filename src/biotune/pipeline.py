@@ -526,6 +526,12 @@ def load_configuration(path: str | Path) -> Configuration:
     return Configuration(tuple(float(g) for g in genes), model, names, train, image_size, source=f"--config {path}")
 
 
+def finetune_model_dir(configuration: str | Path, dataset: str) -> Path:
+    """Where ``biotune finetune`` saves its model by default: ``finetune-<dataset>/model`` beside the
+    configuration file."""
+    return Path(configuration).expanduser().parent / f"finetune-{slug(Path(dataset).stem or dataset)}" / "model"
+
+
 def finetune(
     configuration: Configuration | str | Path,
     *,

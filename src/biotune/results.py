@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ._files import write_json
 from .models.blocks import Block
 from .search.final import FinalResult
 
@@ -122,6 +123,10 @@ class FinetuneOutcome(_Record):
     block_rows: tuple[dict, ...] = ()
     dataset: str = ""
     model_dir: Path | None = None
+
+    def save(self, path: str | Path, configuration: str) -> None:
+        """Write the record (with the configuration file's name) as JSON, atomically."""
+        write_json(path, {"config": configuration, **self.to_dict()})
 
     def to_dict(self) -> dict[str, Any]:
         """The record ``biotune finetune --output`` writes."""

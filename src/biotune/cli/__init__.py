@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     try:
         return commands[args.command](args)
-    except (BioTuneError, TypeError) as err:  # TypeError: config type checks
+    except BioTuneError as err:  # what a user can cause; anything else is a bug and shows its traceback
         print(f"biotune: error: {scrub(str(err), storage)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,13 +9,12 @@ from tqdm.auto import tqdm
 
 from ..config import RuntimeConfig
 from ..errors import BioTuneError
-from ..search.report import format_block_table
+from ..search import format_block_table
 from ._options import parse_partition
 
 
 def cmd_blocks(args) -> int:
-    from ..models.blocks import partition_model
-    from ..models.build import build_model
+    from ..models import build_model, partition_model
 
     pm = build_model(args.model, args.num_classes, weights="random")
     blocks = partition_model(pm.model, args.granularity, partition=parse_partition(args.partition))
@@ -31,8 +30,7 @@ def cmd_blocks(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..models.artifact import load_model
-    from ..models.predict import predict, read_inputs, write_predictions_csv
+    from ..models import load_model, predict, read_inputs, write_predictions_csv
 
     if args.top_k < 1:
         raise BioTuneError(f"--top-k must be at least 1, got {args.top_k}")
@@ -43,7 +41,7 @@ def cmd_predict(args) -> int:
         raise BioTuneError(f"--out {out}: folder {out.parent} does not exist")
     device = RuntimeConfig(device=args.device).resolve_device()
     loaded = load_model(args.model, device=device)
-    from ..data.listing import ReadOptions
+    from ..config import ReadOptions
 
     options = ReadOptions(image_column=args.image_column, label_column=args.label_column, image_root=args.image_root)
     inputs = read_inputs(args.inputs, loaded.classes, loaded.read_size, options)  # all read and checked first
@@ -59,7 +57,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..models.export import export_model, push_to_hub
+    from ..models import export_model, push_to_hub
 
     if args.format is None and args.push_to_hub is None:
         raise BioTuneError("give --format onnx|torchscript, --push-to-hub REPO, or both")

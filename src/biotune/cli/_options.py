@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..config import NATIVE, PRESETS, PRUNERS, STRATEGIES, RunConfig, RuntimeConfig
+from ..compare import BASELINES, TUNED
+from ..config import EXECUTORS, NATIVE, PRESETS, PRUNERS, STRATEGIES, RunConfig, RuntimeConfig
 
+_DEFAULT_METHODS = "ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe"
 _PAPER = RunConfig().replace(**PRESETS["paper"])
 _QUICK = RunConfig().replace(**PRESETS["quick"])
 
@@ -119,9 +121,8 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: torch's choice, "
                    "or the cores shared out between worker processes)")
     g = p.add_argument_group("parallel and distributed evaluation")
-    g.add_argument("--executor", choices=("local", "processes", "ray"), default="local",
-                   help="'local' (sequential, this process), 'processes' (worker processes, one per device) or "
-                        "'ray' (each run a Ray task; pip install 'biotune[ray]') (default: local)")
+    g.add_argument("--executor", choices=tuple(EXECUTORS), default="local",
+                   help=f"where runs execute: {EXECUTORS.help()} (default: local)")
     g.add_argument("--workers", type=int, default=None,
                    help="worker processes or concurrent Ray tasks (default: one per device in --devices; "
                         "else half the CPU cores, or what the Ray cluster's CPUs/GPUs allow)")
@@ -152,11 +153,9 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="the k best distinct configurations of all generations (by mean fitness) are fine-tuned "
                         "on the full training set; the best mean validation accuracy is kept "
                         f"({_both('search', 'top_k')})")
-    g.add_argument("--strategy", choices=STRATEGIES, default=None,
-                   help="search strategy: 'tpe' (Optuna's TPE over the genome space; measured best at "
-                        "equal compute, see benchmarks/README.md), 'random' (random search over it), 'memetic' "
-                        "(the paper's operators) or 'robust' (other memetic operators); "
-                        f"all spend the same evaluations per generation ({_both('search', 'strategy')})")
+    g.add_argument("--strategy", choices=tuple(STRATEGIES), default=None,
+                   help=f"search strategy: {STRATEGIES.help()} (benchmarks/README.md compares them); all spend "
+                        f"the same evaluations per generation ({_both('search', 'strategy')})")
     g.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
                    help="search only configurations that train the classifier head (a new, random head "
                         "that stays frozen wastes the run); the head's gene then sets just its learning "
@@ -166,25 +165,15 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                         "space: full fine-tuning at base LR x4.6 and x2.2, the last half of the blocks at x4.6 "
                         "(at most a third of the batch; chosen from the measured tuned-LR baseline); "
                         f"--no-warm-start starts from the prior alone, as the paper ({_both('search', 'warm_start')})")
-    g.add_argument("--pruner", choices=PRUNERS, default=None,
+    g.add_argument("--pruner", choices=tuple(PRUNERS), default=None,
                    help="stop search runs whose validation curve is poor (Optuna's pruner of that name, against "
-                        "the earlier generations' curves; the first generation is never pruned): "
-                        "'successive-halving' keeps the best third at epochs 1, 3, 9, ...; 'median' stops a "
-                        "run below the median; 'hyperband' hedges over several such schedules; 'none' trains "
-                        "every run to its budget, as the paper. A pruned run keeps the accuracy it reached "
-                        f"({_both('search', 'pruner')})")
+                        f"the earlier generations' curves; the first generation is never pruned): {PRUNERS.help()}. "
+                        f"A pruned run keeps the accuracy it reached ({_both('search', 'pruner')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="biotune",
-        description="Find which blocks of a pretrained image classifier to fine-tune, and at what "
-                    "learning rate each, by a memetic evolutionary search (BioTune).",
-    )
-    parser.add_argument("--version", action="version", version=f"biotune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_search(sub) -> None:
+    """The ``search`` command and its options."""
     s = sub.add_parser("search", help="search a configuration, fine-tune it, report test accuracy",
                        description="Search per-block freezing and learning rates, then fine-tune the best "
                                    "configuration on the full training set and report test accuracy. With no "
@@ -217,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none, every generation runs)")
     _add_runtime_options(s)
 
+
+def _add_finetune(sub) -> None:
+    """The ``finetune`` command and its options."""
     f = sub.add_parser("finetune", help="fine-tune with a saved configuration (best.json)",
                        description="Apply a per-block configuration from a best.json, possibly to another "
                                    "dataset or seed, and report test accuracy over several runs.")
@@ -232,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: finetune-<dataset>/model next to the --config file)")
     _add_runtime_options(f)
 
+
+def _add_predict(sub) -> None:
+    """The ``predict`` command and its options."""
     p = sub.add_parser("predict", help="predict classes of new images with a saved model",
                        description="Predict with a model saved by 'biotune search' or 'biotune finetune'. "
                                    "INPUT: image files, folders (searched recursively; non-images skipped), "
@@ -251,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-root", default=None,
                    help="folder a table's relative paths start from (default: the table's folder)")
 
+
+def _add_export(sub) -> None:
+    """The ``export`` command and its options."""
     e = sub.add_parser("export", help="export a saved model to ONNX or TorchScript, or push it to the Hub",
                        description="Export a saved model. The export is run on a few inputs and kept only if it "
                                    "gives the same top-1 as PyTorch and probabilities within 1e-3 (ONNX is "
@@ -263,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a token: huggingface-cli login)")
     e.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repository")
 
+
+def _add_compare(sub) -> None:
+    """The ``compare`` command and its options."""
     c = sub.add_parser("compare", help="compare BioTune with the baseline methods: tables and figures",
                        description="Run every (dataset, method, run) with the same data, epochs budget and early "
                                    "stopping, then write Table I (test accuracy), Table II (trainable parameters), "
@@ -272,12 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: names (mnist, usps, cifar10, flowers102, ...), digits, .npz files, folders, "
                         "tables, archives or hf:owner/name (see 'biotune search --help'; the reading options apply "
                         "to each)")
-    c.add_argument("--methods", default="ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe",
-                   help="comma-separated methods: ft, lp, l1sp, l2sp, glf, gfl, autorgn, lora; ftlr (FT with its LR "
-                        "tuned on validation), llrd (layer-wise LR decay, d tuned on validation), lpft (linear "
-                        "probe, then FT); biotune (the search with --strategy); robust, memetic, random, tpe (the "
-                        "same search with that strategy) "
-                        "(default: ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe)")
+    c.add_argument("--methods", default=_DEFAULT_METHODS,
+                   help=f"comma-separated methods: the baselines ({BASELINES.help()}); the tuned competitors "
+                        f"({TUNED.help()}); biotune (the search with --strategy); {', '.join(STRATEGIES)} (the same "
+                        f"search with that strategy) (default: {_DEFAULT_METHODS})")
     c.add_argument("--runs", type=int, default=3, help="runs per dataset and method (default: 3)")
     c.add_argument("--out", required=True, help="output directory (runs.jsonl, tables, figures)")
     c.add_argument("--fractions", default=None,
@@ -306,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(c)
     _add_runtime_options(c)
 
+
+def _add_blocks(sub) -> None:
+    """The ``blocks`` command and its options."""
     b = sub.add_parser("blocks", help="print a model's block partition",
                        description="Print the ordered blocks BioTune tunes: index, name, parameters, share.")
     b.add_argument("--model", required=True, help="timm model name")
@@ -313,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--partition", default=None, help="hand-made partition (see 'biotune search --help')")
     b.add_argument("--num-classes", type=int, default=1000, help="head size (default: 1000)")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="biotune",
+        description="Find which blocks of a pretrained image classifier to fine-tune, and at what "
+                    "learning rate each, by a memetic evolutionary search (BioTune).",
+    )
+    parser.add_argument("--version", action="version", version=f"biotune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_search, _add_finetune, _add_predict, _add_export, _add_compare, _add_blocks):
+        add(sub)
     return parser
 
 
@@ -396,7 +410,7 @@ def settings_lines(args, config: RunConfig) -> list[str]:
 
 
 def print_plan(args, config: RunConfig, runtime: RuntimeConfig) -> None:
-    from ..pipeline import plan
+    from .. import plan
 
     p = plan(config, runtime=runtime, time_limit=getattr(args, "time_limit", None))
     print(f"settings (preset {args.preset}):")

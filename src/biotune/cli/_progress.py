@@ -6,7 +6,7 @@ import sys
 
 from tqdm.auto import tqdm
 
-from ..search.loop import SearchListener
+from ..search import SearchListener
 
 
 class Progress(SearchListener):

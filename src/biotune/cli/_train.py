@@ -8,17 +8,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .._files import slug
 from ..config import DataConfig, TrainConfig
 from ..errors import BioTuneError, redact_url
-from ..search.report import format_block_table
+from ..search import format_block_table
 from ._options import explicit_settings, print_plan, runtime_config, search_config, settings_lines, train_overrides
 from ._progress import Progress
 
 
 def cmd_search(args) -> int:
-    from ..pipeline import run
-    from ..search.evolution import batch_sizes
+    from .. import run
+    from ..search import batch_sizes
 
     config = search_config(args)
     if args.dry_run:
@@ -79,7 +78,7 @@ def _print_outcome(result, config, args) -> None:
 
 
 def cmd_finetune(args) -> int:
-    from ..pipeline import finetune, load_configuration
+    from .. import finetune, finetune_model_dir, load_configuration
 
     cfg = load_configuration(args.config)
     base_train = cfg.train or TrainConfig()
@@ -89,8 +88,7 @@ def cmd_finetune(args) -> int:
     progress.search.close()
     progress.set_epochs(train.epochs)
     runtime = runtime_config(args)
-    model_dir = args.model_dir or (Path(args.config).expanduser().parent
-                                   / f"finetune-{slug(Path(data.dataset).stem or data.dataset)}" / "model")
+    model_dir = args.model_dir or finetune_model_dir(args.config, data.dataset)
     try:
         outcome = finetune(cfg, data=data, train=train, runs=args.runs, seed=args.seed, weights=args.weights,
                            runtime=runtime, listener=progress, model_dir=model_dir)
@@ -108,15 +106,13 @@ def cmd_finetune(args) -> int:
         if r.diverged:
             print(f"warning: run seed {r.seed} diverged ({r.failure}); its accuracy is that of its best epoch before, 0 if none")
     if args.output:
-        from .._files import write_json
-
-        write_json(args.output, {"config": str(args.config), **outcome.to_dict()})
+        outcome.save(args.output, str(args.config))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from ..compare.grid import CompareOptions, compare
-    from ..training.estimate import format_seconds
+    from ..compare import CompareOptions, compare
+    from ..training import format_seconds
 
     args.dataset = None
     config = search_config(args)
@@ -130,7 +126,7 @@ def cmd_compare(args) -> int:
     options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
                              sp_kernels_only=args.sp_kernels_only, budget_match=not args.no_budget_match)
     if args.dry_run:
-        from ..compare.grid import plan_compare
+        from ..compare import plan_compare
 
         plans = plan_compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
                              runtime=runtime_config(args), fractions=fractions)

@@ -7,3 +7,6 @@ from .baselines import baseline_plan as baseline_plan
 from .baselines import lora_model as lora_model
 from .grid import CompareOptions as CompareOptions
 from .grid import compare as compare
+from .grid import METHODS as METHODS
+from .grid import plan_compare as plan_compare
+from .tuned import TUNED as TUNED

@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .._registry import BASELINES
 from ..errors import BioTuneError
 from ..models.blocks import Block, within
 from ..training.groups import BN_TYPES
@@ -41,7 +42,6 @@ from ..training.regime import Regime
 
 __all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan", "lora_model", "LoraModel"]
 
-BASELINES = ("ft", "lp", "l2sp", "l1sp", "glf", "gfl", "autorgn", "lora")
 RGN_BATCHES = 5
 
 
@@ -139,23 +139,56 @@ def baseline_plan(
     beta: float = 0.01,
     kernels_only: bool = False,
 ) -> Plan:
-    """The learning rates and regime of one of :data:`BASELINES`."""
-    n = len(blocks)
-    every = tuple([float(base_lr)] * n)
-    if method == "ft":
-        return Plan(every)
-    if method == "lp":
-        return Plan(tuple([0.0] * (n - 1) + [float(base_lr)]))
-    if method in ("l2sp", "l1sp"):
-        penalty = SPPenalty(model, blocks, initial, alpha=alpha, beta=beta, norm=method[:2], kernels_only=kernels_only)
-        return Plan(every, Regime(penalty=penalty))
-    if method in ("glf", "gfl"):
-        return Plan(every, Regime(masks=gradual_masks(n, method)))
-    if method == "autorgn":
-        return Plan(every, Regime(rgn_batches=RGN_BATCHES))
-    if method == "lora":
-        raise BioTuneError("lora changes the model: build it with lora_model() and train its two blocks")
-    raise BioTuneError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
+    """The learning rates and regime of one of :data:`BASELINES`.
+
+    Raises:
+        BioTuneError: an unknown method, or ``lora`` (it changes the model: :func:`lora_model`).
+    """
+    return BASELINES.get(method)(model, blocks, initial, float(base_lr), alpha=alpha, beta=beta,
+                                 kernels_only=kernels_only)
+
+
+@BASELINES.register("ft", "full fine-tuning: every block at the base rate")
+def _ft(model, blocks, initial, base_lr, **_) -> Plan:
+    return Plan((base_lr,) * len(blocks))
+
+
+@BASELINES.register("lp", "linear probe: the head alone")
+def _lp(model, blocks, initial, base_lr, **_) -> Plan:
+    return Plan((0.0,) * (len(blocks) - 1) + (base_lr,))
+
+
+def _sp(norm: str):
+    def plan(model, blocks, initial, base_lr, *, alpha, beta, kernels_only) -> Plan:
+        penalty = SPPenalty(model, blocks, initial, alpha=alpha, beta=beta, norm=norm, kernels_only=kernels_only)
+        return Plan((base_lr,) * len(blocks), Regime(penalty=penalty))
+
+    return plan
+
+
+BASELINES.add("l2sp", _sp("l2"), "FT with α·Σ(w − w⁰)² pulling the weights to their pretrained values, β·Σw² on the head")
+BASELINES.add("l1sp", _sp("l1"), "FT with α·Σ|w − w⁰| pulling the weights to their pretrained values, β·Σw² on the head")
+
+
+def _gradual(order: str):
+    def plan(model, blocks, initial, base_lr, **_) -> Plan:
+        return Plan((base_lr,) * len(blocks), Regime(masks=gradual_masks(len(blocks), order)))
+
+    return plan
+
+
+BASELINES.add("glf", _gradual("glf"), "gradual unfreezing, last block first (ULMFiT), one more block per epoch")
+BASELINES.add("gfl", _gradual("gfl"), "gradual unfreezing, first block first, one more block per epoch")
+
+
+@BASELINES.register("autorgn", "per-tensor rates scaled each epoch by relative gradient norm (surgical fine-tuning)")
+def _autorgn(model, blocks, initial, base_lr, **_) -> Plan:
+    return Plan((base_lr,) * len(blocks), Regime(rgn_batches=RGN_BATCHES))
+
+
+@BASELINES.register("lora", "LoRA adapters (peft) on convolutions and linear layers, the head trained")
+def _lora(model, blocks, initial, base_lr, **_) -> Plan:
+    raise BioTuneError("lora changes the model: build it with lora_model() and train its two blocks")
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .._files import atomic_write_bytes, slug
-from ..config import STRATEGIES, RunConfig, RuntimeConfig
+from .._registry import STRATEGIES
+from ..config import RunConfig, RuntimeConfig
 from ..errors import BioTuneError
 from ..models.blocks import partition_model, trainable_percent
 from ..models.build import build_model
 from ..search.engines import make_engine
 from ..search.evolution import batch_sizes
-from ..search.final import select_final
+from ..search.final import Selection, select_final
 from ..search.fitness import FitnessEvaluator
-from ..search.loop import run_search
+from ..search.loop import SearchResult, run_search
 from ..search.pruning import Pruner
 from ..search.plan import estimate_search
 from ..search.report import block_table, plot_convergence, plot_heatmap
@@ -45,7 +46,7 @@ from ..training.trainer import FineTuner
 from .baselines import BASELINES, baseline_plan, lora_model
 from .figures import plot_cost
 from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
-from .tuned import TUNED, decay_grid, llrd_multipliers, lpft, lr_grid, tune
+from .tuned import TUNED
 
 __all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]
 
@@ -146,7 +147,8 @@ def compare(
             session = Session.prepare(cfg.model, dataclasses.replace(cfg.data, dataset=dataset), cfg.train,
                                       n_folds=cfg.search.n_folds, seed=cfg.search.seed, runtime=runtime)
             for _, method, run, frac in todo:
-                record = _run_one(session, method, run, cfg, runtime, options, out, dataset, frac)
+                cell = _Cell(dataset, method, run, frac, cfg.search.seed + run)
+                record = _run_one(session, cell, cfg, runtime, options, out)
                 _append(ledger, record)
                 done[_key(record)] = record
                 finished += 1
@@ -202,10 +204,25 @@ def plan_compare(
     return plans
 
 
-def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime: RuntimeConfig,
-             options: CompareOptions, out: Path, dataset: str, fraction: float | None) -> dict:
-    seed = config.search.seed + run
-    final_seed = training_seeds(seed, FINAL_SEEDS, 1)[0]
+@dataclass(frozen=True)
+class _Cell:
+    """One (dataset, method, run, fraction) of the grid and its seeds (run r: the search seed + r)."""
+
+    dataset: str
+    method: str
+    run: int
+    fraction: float | None
+    seed: int
+
+    @property
+    def final_seed(self) -> int:
+        return training_seeds(self.seed, FINAL_SEEDS, 1)[0]
+
+
+def _run_one(session: Session, cell: _Cell, config: RunConfig, runtime: RuntimeConfig, options: CompareOptions,
+             out: Path) -> dict:
+    dataset, method, run, fraction = cell.dataset, cell.method, cell.run, cell.fraction
+    seed, final_seed = cell.seed, cell.final_seed
     blocks = session.blocks
     record = {"dataset": dataset, "method": method, "run": run, "fraction": fraction, "seed": final_seed}
     start = time.perf_counter()
@@ -232,13 +249,12 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
         record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
                       failure=outcome.failure, compute=Compute.of([outcome]).to_dict())
     elif method in TUNED:
-        record.update(_tuned(session, method, seed, final_seed, config, options))
+        record.update(TUNED.get(method)(session, config, seed, final_seed, budget_match=options.budget_match))
         percent = 100.0
     else:
         strategy = config.search.strategy if method == "biotune" else method
         record["strategy"] = strategy
-        search, selection, search_seconds = _search(session, strategy, seed, final_seed, config, runtime, out,
-                                                    dataset, method, run, fraction)
+        search, selection, search_seconds = _search(session, cell, strategy, config, runtime, out)
         final = selection.result
         genes = final.genes
         run_ = final.runs[0]
@@ -264,36 +280,11 @@ def _run_one(session: Session, method: str, run: int, config: RunConfig, runtime
     return record
 
 
-def _tuned(session: Session, method: str, seed: int, final_seed: int, config: RunConfig,
-           options: CompareOptions) -> dict:
-    """ftlr / llrd: a validation grid search at BioTune's search budget, then a final run; lpft."""
-    s, t, n = config.search, config.train, len(session.blocks)
-    if method == "lpft":
-        out = lpft(session, t.lr, final_seed, epochs=t.epochs)
-        return {"val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy, "failure": out.failure,
-                "probe_epochs": out.probe_epochs, "compute": out.compute.to_dict()}
-    search_runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
-    if method == "ftlr":
-        grid = lr_grid(search_runs)
-        lrs_of = lambda lr: (lr,) * n  # noqa: E731
-    else:
-        grid = decay_grid(search_runs)
-        lrs_of = lambda d: tuple(t.lr * m for m in llrd_multipliers(n, d))  # noqa: E731
-    budget = search_runs if options.budget_match else len(grid)
-    seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
-    tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
-    outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))
-    return {
-        "val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
-        "failure": outcome.failure, "chosen": tuning.chosen, "grid": list(grid),
-        "grid_val_accuracy": list(tuning.val_accuracy), "replicates": tuning.replicates,
-        "compute": (tuning.compute + Compute.of([outcome])).to_dict(), "search_compute": tuning.compute.to_dict(),
-    }
-
-
-def _search(session, strategy, seed, final_seed, config, runtime, out, dataset, method, run, fraction):
+def _search(session: Session, cell: _Cell, strategy: str, config: RunConfig, runtime: RuntimeConfig,
+            out: Path) -> tuple[SearchResult, Selection, float]:
     """One search (resumable from ``<out>/studies.db``) and its top-k final phase with one seed."""
-    s = config.search
+    s, seed, dataset, fraction = config.search, cell.seed, cell.dataset, cell.fraction
+    method, run, final_seed = cell.method, cell.run, cell.final_seed
     spec = SessionSpec(config.model, dataclasses.replace(config.data, dataset=dataset), config.train, s.n_folds,
                        s.seed, runtime)
     study = f"{Path(dataset).stem or dataset}-{method}"

@@ -25,13 +25,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .._registry import TUNED
+from ..config import RunConfig
 from ..errors import BioTuneError
+from ..search.evolution import batch_sizes
 from ..training.regime import Regime
-from ..training.session import Compute, RunOutcome, RunRequest, Session
+from ..training.session import SEARCH_SEEDS, Compute, RunOutcome, RunRequest, Session, training_seeds
 
 __all__ = ["TUNED", "Tuning", "lr_grid", "decay_grid", "llrd_multipliers", "tune", "lpft"]
 
-TUNED = ("ftlr", "llrd", "lpft")
 LR_RANGE = (1e-4, 1e-2)
 DECAYS = (0.5, 0.6, 0.7, 0.8, 0.9)
 MAX_LR_POINTS = 7
@@ -147,3 +149,48 @@ def lpft(session: Session, lr: float, seed: int, *, epochs: int) -> LPFT:
     test = tuner.evaluate(*t.test, state=ft.best_state) if ft.best_state else 0.0
     return LPFT(ft.best_val_accuracy, float(test), probe.epochs_run, Compute.of([probe, ft]),
                 ft.failure or probe.failure)
+
+
+def _grid_tuned(session: Session, config: RunConfig, seed: int, final_seed: int, *, budget_match: bool,
+                grid: tuple[float, ...], lrs_of) -> dict:
+    """A validation grid search at BioTune's search budget (or one run per value), then a final run."""
+    s = config.search
+    search_runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+    budget = search_runs if budget_match else len(grid)
+    seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
+    tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
+    outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))
+    return {
+        "val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
+        "failure": outcome.failure, "chosen": tuning.chosen, "grid": list(grid),
+        "grid_val_accuracy": list(tuning.val_accuracy), "replicates": tuning.replicates,
+        "compute": (tuning.compute + Compute.of([outcome])).to_dict(), "search_compute": tuning.compute.to_dict(),
+    }
+
+
+def _search_runs(config: RunConfig) -> int:
+    s = config.search
+    return sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
+
+
+@TUNED.register("ftlr", "FT with its learning rate tuned on validation, with as many runs as the search")
+def _ftlr(session: Session, config: RunConfig, seed: int, final_seed: int, *, budget_match: bool) -> dict:
+    n = len(session.blocks)
+    return _grid_tuned(session, config, seed, final_seed, budget_match=budget_match,
+                       grid=lr_grid(_search_runs(config)), lrs_of=lambda lr: (lr,) * n)
+
+
+@TUNED.register("llrd", "layer-wise LR decay (BEiT, timm): the decay d tuned on validation")
+def _llrd(session: Session, config: RunConfig, seed: int, final_seed: int, *, budget_match: bool) -> dict:
+    n, lr = len(session.blocks), config.train.lr
+    return _grid_tuned(session, config, seed, final_seed, budget_match=budget_match,
+                       grid=decay_grid(_search_runs(config)),
+                       lrs_of=lambda d: tuple(lr * m for m in llrd_multipliers(n, d)))
+
+
+@TUNED.register("lpft", "linear probe to convergence, then full fine-tuning (Kumar et al. 2022)")
+def _lpft(session: Session, config: RunConfig, seed: int, final_seed: int, *, budget_match: bool) -> dict:
+    t = config.train
+    out = lpft(session, t.lr, final_seed, epochs=t.epochs)
+    return {"val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy, "failure": out.failure,
+            "probe_epochs": out.probe_epochs, "compute": out.compute.to_dict()}

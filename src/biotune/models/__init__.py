@@ -11,3 +11,6 @@ from .build import build_model as build_model
 from .export import export_model as export_model
 from .predict import Predictions as Predictions
 from .predict import predict as predict
+from .export import push_to_hub as push_to_hub
+from .predict import read_inputs as read_inputs
+from .predict import write_predictions_csv as write_predictions_csv

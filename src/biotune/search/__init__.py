@@ -15,3 +15,9 @@ from .loop import RankedConfiguration as RankedConfiguration
 from .loop import SearchListener as SearchListener
 from .loop import SearchResult as SearchResult
 from .loop import run_search as run_search
+from .engines import STRATEGIES as STRATEGIES
+from .engines import SearchStrategy as SearchStrategy
+from .evolution import batch_sizes as batch_sizes
+from .pruning import PRUNERS as PRUNERS
+from .report import block_table as block_table
+from .report import format_block_table as format_block_table

@@ -20,11 +20,12 @@ generation g trains on fold g mod n_folds, so at equal settings they cost the sa
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..config import STRATEGIES, SearchConfig
+from .._registry import STRATEGIES
+from ..config import SearchConfig
 from ..errors import BioTuneError
 from .evolution import (
     Candidate,
@@ -38,9 +39,30 @@ from .evolution import (
 )
 from .genome import check_initial, is_valid, random_genome, warm_start_genomes
 
-__all__ = ["STRATEGIES", "RandomSearch", "TPESearch", "make_engine", "warm_start"]
+__all__ = ["STRATEGIES", "SearchStrategy", "RandomSearch", "TPESearch", "make_engine", "warm_start"]
 
 _MAX_REDRAWS = 1000
+
+
+class SearchStrategy(Protocol):
+    """What :func:`biotune.search.loop.run_search` asks of a strategy (the contract tests check it for
+    every registered one, ``tests/search/test_strategies.py``).
+
+    ``ask()`` returns the pending batch of candidates (the same batch until it is told; an empty list
+    once ``done``); ``tell(fitnesses)`` takes one Φ per candidate, in order, and returns the
+    generation's statistics. A strategy is deterministic for its seed: a resumed search rebuilds it and
+    replays the stored fitnesses, and gets the same proposals (its state is the told history).
+    """
+
+    generation: int
+    history: list[GenerationStats]
+
+    @property
+    def done(self) -> bool: ...
+
+    def ask(self) -> list[Candidate]: ...
+
+    def tell(self, fitnesses: Sequence[float]) -> GenerationStats: ...
 
 
 class _BatchSampler:
@@ -175,30 +197,43 @@ def warm_start(search: SearchConfig, n_blocks: int) -> list[tuple[str, np.ndarra
     return warm_start_genomes(n_blocks, batch_sizes(search.population, search.elites, search.generations)[0] // 3)
 
 
-def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int):
-    """The engine of ``strategy`` for a model of ``n_blocks`` blocks, seeded with ``seed``.
-
-    Every strategy's first batch opens with the same :func:`warm_start` configurations.
+def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int) -> SearchStrategy:
+    """The engine of ``strategy`` (a name in :data:`STRATEGIES`) for a model of ``n_blocks`` blocks,
+    seeded with ``seed``. Every strategy's first batch opens with the same :func:`warm_start` configurations.
 
     Raises:
         BioTuneError: an unknown strategy.
     """
-    rng = np.random.default_rng(seed)
-    batches = batch_sizes(search.population, search.elites, search.generations)
+    build = STRATEGIES.get(strategy)
     head = search.train_head
     initial = [g for _, g in warm_start(search, n_blocks)]
-    if strategy == "memetic":
-        return MemeticEvolution(n_blocks, population_size=search.population, n_elites=search.elites,
-                                generations=search.generations, rng=rng, head=head, initial=initial)
-    if strategy == "robust":
-        newcomers = max(1, search.population // 4)
-        return MemeticEvolution(
-            n_blocks, population_size=search.population, n_elites=search.elites, generations=search.generations,
-            rng=rng, crossover=uniform_crossover, mutation=gaussian_mutation, adoption=keep,
-            exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head, initial=initial,
-        )
-    if strategy == "random":
-        return RandomSearch(n_blocks, batches, rng=rng, head=head, initial=initial)
-    if strategy == "tpe":
-        return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
-    raise BioTuneError(f"unknown search strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    return build(n_blocks, search, seed=seed, rng=np.random.default_rng(seed), head=head, initial=initial)
+
+
+@STRATEGIES.register("tpe", "Optuna's TPE over the paper's genome space (the default: best at equal compute)")
+def _tpe(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> TPESearch:
+    batches = batch_sizes(search.population, search.elites, search.generations)
+    return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
+
+
+@STRATEGIES.register("random", "random search with the initial population's prior")
+def _random(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> RandomSearch:
+    batches = batch_sizes(search.population, search.elites, search.generations)
+    return RandomSearch(n_blocks, batches, rng=rng, head=head, initial=initial)
+
+
+@STRATEGIES.register("memetic", "the paper's memetic evolution (exploit, breed, extinction)")
+def _memetic(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> MemeticEvolution:
+    return MemeticEvolution(n_blocks, population_size=search.population, n_elites=search.elites,
+                            generations=search.generations, rng=rng, head=head, initial=initial)
+
+
+@STRATEGIES.register("robust", "memetic evolution with uniform crossover, Gaussian mutation, newcomers and "
+                               "truncation survival")
+def _robust(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> MemeticEvolution:
+    newcomers = max(1, search.population // 4)
+    return MemeticEvolution(
+        n_blocks, population_size=search.population, n_elites=search.elites, generations=search.generations,
+        rng=rng, crossover=uniform_crossover, mutation=gaussian_mutation, adoption=keep,
+        exploitation=perturb_variant, newcomers=newcomers, survival="truncation", head=head, initial=initial,
+    )

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..config import PRUNERS
+from .._registry import PRUNERS
 from ..errors import BioTuneError
 
 __all__ = ["PRUNERS", "Pruner", "Reference", "PruneCheck", "make_pruner", "fitness_curve", "expected_saving"]
@@ -32,23 +32,40 @@ _STUDY = "biotune-pruning"  # Hyperband hashes the study name and trial number i
 
 
 def make_pruner(name: str, epochs: int):
-    """The Optuna pruner ``name`` for runs of ``epochs`` epochs (one step per epoch).
+    """The Optuna pruner ``name`` (a name in :data:`PRUNERS`) for runs of ``epochs`` epochs (one step
+    per epoch); ``None`` for ``none``.
 
-    ``median``: Optuna's defaults (after 5 complete evaluations, stop a run whose best so far is
-    worse than the median of the others at the same epoch). ``successive-halving``: rungs at
-    epochs 1, 3, 9, ...; a run goes on past a rung when it is in the best third there.
-    ``hyperband``: several such schedules (brackets) side by side, up to ``epochs``.
+    Raises:
+        BioTuneError: an unknown name.
     """
+    return PRUNERS.get(name)(epochs)
+
+
+@PRUNERS.register("none", "every run trains its whole epoch budget (the paper's protocol)")
+def _none(epochs: int):
+    return None
+
+
+@PRUNERS.register("median", "Optuna's MedianPruner: after 5 complete evaluations, stop a run whose best so far "
+                            "is worse than the others' median at that epoch (the default)")
+def _median(epochs: int):
     import optuna
 
-    if name == "median":
-        return optuna.pruners.MedianPruner()
-    if name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=_REDUCTION)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, int(epochs)),
-                                              reduction_factor=_REDUCTION)
-    raise BioTuneError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {name!r}")
+    return optuna.pruners.MedianPruner()
+
+
+@PRUNERS.register("successive-halving", "rungs at epochs 1, 3, 9, …; a run goes on past a rung in the best third")
+def _successive_halving(epochs: int):
+    import optuna
+
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=_REDUCTION)
+
+
+@PRUNERS.register("hyperband", "several successive-halving schedules (brackets) side by side, up to the epochs")
+def _hyperband(epochs: int):
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, int(epochs)), reduction_factor=_REDUCTION)
 
 
 @dataclass(frozen=True)
@@ -194,8 +211,7 @@ class Pruner:
     epochs: int
 
     def __post_init__(self) -> None:
-        if self.name not in PRUNERS:
-            raise BioTuneError(f"`pruner` must be one of {', '.join(PRUNERS)}, got {self.name!r}")
+        PRUNERS.check(self.name, "pruner")
 
     def checks(self, references: Sequence[Reference], offset: int, size: int) -> list[PruneCheck | None]:
         """The checks of a batch of ``size`` evaluations whose indices start at ``offset``;

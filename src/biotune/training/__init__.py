@@ -12,3 +12,7 @@ from .session import Session as Session
 from .session import SessionSpec as SessionSpec
 from .trainer import FineTuner as FineTuner
 from .trainer import TrainResult as TrainResult
+from .estimate import format_seconds as format_seconds
+from .executor import EXECUTORS as EXECUTORS
+from .session import DeviceSplits as DeviceSplits
+from .trainer import TrainerOptions as TrainerOptions

@@ -26,11 +26,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from .._registry import EXECUTORS
 from ..config import RuntimeConfig
 from ..errors import BioTuneError
 from .session import RunOutcome, RunRequest, Session, SessionSpec
 
-__all__ = ["Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor", "parallel_runs", "run_threads"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor", "parallel_runs", "run_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,17 @@ MayStart = Callable[[], bool]
 
 
 class Executor:
-    """Runs requests and reports each outcome once; a context manager that frees its workers."""
+    """Runs requests and reports each outcome once; a context manager that frees its workers.
 
-    parallel = False
+    An implementation registers in :data:`EXECUTORS` and builds itself from the run's settings with
+    :meth:`create`; the contract tests (``tests/training/test_executors.py``) check every registered
+    one: the same results as the local executor, a run lost with its worker retried, each run reported once.
+    """
+
+    @classmethod
+    def create(cls, runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> "Executor":
+        """The executor for ``runtime``'s settings (``session``: this process's, for in-process runs)."""
+        raise NotImplementedError
 
     def run(self, requests: Sequence[RunRequest], on_result: OnResult, on_epoch: OnEpoch | None = None,
             may_start: MayStart | None = None) -> None:
@@ -63,11 +72,18 @@ class Executor:
         self.close()
 
 
+@EXECUTORS.register("local", "one run after another in this process (the default)")
 class LocalExecutor(Executor):
     """Sequential, in this process, on the given session (per-epoch progress is reported)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    @classmethod
+    def create(cls, runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> "LocalExecutor":
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
+        return cls(session)
 
     def run(self, requests, on_result, on_epoch=None, may_start=None) -> None:
         for i, request in enumerate(requests):
@@ -95,6 +111,7 @@ def _perform_in_process(request: RunRequest) -> RunOutcome:
     return _WORKER_SESSION.perform(request)
 
 
+@EXECUTORS.register("processes", "one worker process per device, or --workers CPU processes, on this machine")
 class ProcessExecutor(Executor):
     """One worker process per device (spawned; each holds its own session).
 
@@ -105,14 +122,19 @@ class ProcessExecutor(Executor):
         max_retries: times a run lost with its worker is submitted again.
     """
 
-    parallel = True
-
     def __init__(self, spec: SessionSpec, devices: Sequence[str], *, threads: int = 1, max_retries: int = 2) -> None:
         self.spec = spec
         self.devices = list(devices)
         self.threads = threads
         self.max_retries = max_retries
         self._pool: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def create(cls, runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> "ProcessExecutor":
+        devices = _process_devices(runtime, str(session.device))
+        for d in devices:
+            dataclasses.replace(runtime, device=d, devices=None).resolve_device()  # a clear error for a bad name
+        return cls(spec, devices, threads=run_threads(runtime, str(session.device)))
 
     def _start(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch threads
@@ -207,6 +229,8 @@ def _perform_on_ray(spec: SessionSpec, request: RunRequest, threads: int) -> Run
     return session.perform(request)
 
 
+@EXECUTORS.register("ray", "each run a Ray task: a private local instance, or a cluster at --ray-address "
+                          "(biotune[ray])")
 class RayExecutor(Executor):
     """Each run a Ray task with the CPUs (and GPU) it needs.
 
@@ -220,7 +244,9 @@ class RayExecutor(Executor):
         gpus: GPUs per run (1 on a CUDA spec by default).
     """
 
-    parallel = True
+    @classmethod
+    def create(cls, runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> "RayExecutor":
+        return cls(spec, workers=runtime.workers, address=runtime.ray_address, threads=runtime.threads or 1)
 
     def __init__(
         self,
@@ -441,17 +467,8 @@ def _process_devices(runtime: RuntimeConfig, device: str) -> list[str]:
 
 
 def make_executor(runtime: RuntimeConfig, spec: SessionSpec, session: Session) -> Executor:
-    """The executor ``runtime`` asks for; ``session`` serves the local one."""
+    """The executor ``runtime`` asks for (a name in :data:`EXECUTORS`); ``session`` serves the local one.
+    Several workers per device make the local executor one of worker processes on that device."""
     if runtime.executor == "local" and runtime.workers_per_device > 1:  # several runs at once on one device
         runtime = dataclasses.replace(runtime, executor="processes", devices=(str(session.device),))
-    if runtime.executor == "local":
-        if runtime.threads:
-            torch.set_num_threads(runtime.threads)
-        return LocalExecutor(session)
-    if runtime.executor == "processes":
-        devices = _process_devices(runtime, str(session.device))
-        for d in devices:
-            dataclasses.replace(runtime, device=d, devices=None).resolve_device()  # a clear error for a bad name
-        threads = run_threads(runtime, str(session.device))
-        return ProcessExecutor(spec, devices, threads=threads)
-    return RayExecutor(spec, workers=runtime.workers, address=runtime.ray_address, threads=runtime.threads or 1)
+    return EXECUTORS.get(runtime.executor).create(runtime, spec, session)
