@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from biotune import RunConfig, RuntimeConfig, SearchListener, run
-from biotune.training.executor import LocalExecutor, ProcessExecutor
-from biotune.training.session import RunRequest, Session, SessionSpec
+from biotune.training.executor import ProcessExecutor
+from biotune.training.session import RunRequest, SessionSpec
 
 CONFIG = RunConfig().replace(
     model={"name": "test_efficientnet", "weights": "random"},
@@ -99,28 +99,6 @@ def test_killed_worker_is_retried_and_each_trial_recorded_once(tmp_path, local_r
     assert set(slots.values()) == {1}
     trained = [r for r in result.search.history if r.source == "trained"]
     assert len(trials) == len(trained) == len(slots)
-
-
-def test_process_executor_reports_each_run_once_after_a_kill():
-    spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
-    session = Session.from_spec(spec)
-    n = len(session.blocks)
-    requests = [RunRequest(tuple([0.0] * k + [1e-3] * (n - k)), k % 2, 5) for k in range(n - 1)]
-    expected: dict[int, object] = {}
-    LocalExecutor(session).run(requests, lambda i, o: expected.__setitem__(i, o.best_val_accuracy))
-    seen: Counter[int] = Counter()
-    got: dict[int, float] = {}
-
-    with ProcessExecutor(spec, ["cpu", "cpu"], threads=1) as executor:
-        def on_result(i, outcome):
-            if not seen:
-                os.kill(executor.worker_pids()[0], signal.SIGKILL)
-            seen[i] += 1
-            got[i] = outcome.best_val_accuracy
-
-        executor.run(requests, on_result)
-    assert set(seen.values()) == {1} and len(seen) == len(requests)
-    assert got == expected
 
 
 def test_local_ray_instance_listens_on_loopback_only():

@@ -88,6 +88,80 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class _RunArgs:
+    """What :meth:`FineTuner.run` was asked (see its arguments)."""
+
+    lrs: Sequence[float]
+    mask: Sequence[bool]
+    train: tuple
+    val: tuple
+    seed: int
+    keep_best: bool
+    on_epoch: Callable[[int, float, float], None] | None
+    train_index: torch.Tensor | None
+    regime: Regime
+    should_stop: Callable[[int, float], bool] | None
+
+
+@dataclass
+class _RunState:
+    """A run's record as it trains: the best epoch so far, early stopping, the curves, what went wrong."""
+
+    best: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stale: int = 0
+    diverged: bool = False
+    failure: str | None = None
+    pruned: bool = False
+    images: int = 0
+    val_hist: list[float] = field(default_factory=list)
+    loss_hist: list[float] = field(default_factory=list)
+    multipliers: list[dict[str, float]] = field(default_factory=list)
+    loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    def after_epoch(self, epoch: int, acc: float, loss: float, run: _RunArgs, model: nn.Module, settled: int,
+                    patience: int, epochs: int) -> bool:
+        """Record an epoch's validation accuracy and mean loss; ``True`` when the run stops here (patience
+        run out once the trainable blocks are settled, or pruned)."""
+        self.val_hist.append(acc)
+        self.loss_hist.append(loss)
+        if run.on_epoch is not None:
+            run.on_epoch(epoch, acc, loss)
+        if acc > self.best:
+            self.best, self.best_epoch, self.stale = acc, epoch, 0
+            if run.keep_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif epoch >= settled:
+            self.stale += 1
+            if self.stale >= patience:
+                return True
+        if run.should_stop is not None and epoch < epochs and run.should_stop(epoch, self.best):
+            self.pruned = True
+            return True
+        return False
+
+    def result(self, seed: int, seconds: float, cut, batch_size: int) -> TrainResult:
+        return TrainResult(
+            seed=seed,
+            best_val_accuracy=max(self.best, 0.0),
+            best_epoch=self.best_epoch,
+            epochs_run=len(self.val_hist),
+            val_accuracies=tuple(self.val_hist),
+            train_losses=tuple(self.loss_hist),
+            seconds=seconds,
+            diverged=self.diverged,
+            best_state=self.best_state,
+            prefix_depth=0 if cut is None else cut.depth,
+            failure=self.failure,
+            batch_size=batch_size,
+            lr_multipliers=tuple(self.multipliers),
+            train_images=self.images,
+            pruned=self.pruned,
+        )
+
+
+@dataclass(frozen=True)
 class TrainerOptions:
     """How a :class:`FineTuner` runs, never what it computes; passed whole, so that a trainer rebuilt
     for another model (LoRA) keeps every option.
@@ -237,8 +311,8 @@ class FineTuner:
             raise BioTuneError("every block is frozen: at least one learning rate must be positive")
         while True:
             try:
-                return self._run(lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime or Regime(),
-                                 should_stop)
+                return self._run(_RunArgs(lrs, mask, train, val, seed, keep_best, on_epoch, train_index,
+                                          regime or Regime(), should_stop))
             except (RuntimeError, MemoryError) as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -253,117 +327,103 @@ class FineTuner:
                 self.eval_batch_size = max(1, self.eval_batch_size // 2)
                 logger.warning("out of memory on %s: retrying the run with batch size %d", self.device, self.batch_size)
 
-    def _run(self, lrs, mask, train, val, seed, keep_best, on_epoch, train_index, regime: Regime,
-             should_stop=None) -> TrainResult:
-        cfg = self.config
+    def _masks(self, mask: Sequence[bool], regime: Regime) -> tuple[list[list[bool]], int, list[bool]]:
+        """The trainable blocks of each epoch, the epoch from which they no longer change, and the blocks
+        trainable at some epoch."""
         masks = [list(mask)] if regime.masks is None else [[m and t for m, t in zip(e, mask)] for e in regime.masks]
         if any(len(m) != len(self.blocks) for m in masks):
             raise BioTuneError(f"a regime mask does not have one entry per block ({len(self.blocks)})")
-        settled = len(masks)  # from this epoch on the trainable set no longer changes
-        ever = [any(m[b] for m in masks) for b in range(len(self.blocks))]
+        return masks, len(masks), [any(m[b] for m in masks) for b in range(len(self.blocks))]
+
+    def _inputs(self, run: _RunArgs, ever: list[bool]):
+        """Training and validation inputs of a run: the frozen prefix's cached output when it is exact
+        (no initial state, no augmentation), the fold's rows, on the device; and the prefix cut."""
+        (x_train, y_train), (x_val, _) = run.train, run.val
+        exact = run.regime.init_state is None and not self.config.augment  # other crops every epoch otherwise
+        cut = self.cache.cut_for(ever, x_val) if exact else None  # frozen in every epoch
+        if run.regime.init_state is not None:
+            self.model.load_state_dict(run.regime.init_state)
+        if cut is not None:
+            cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
+            if cached[0] is None or cached[1] is None:
+                cut = None
+            else:
+                x_train, x_val = cached
+        if run.train_index is not None:
+            x_train, y_train = _rows(x_train, run.train_index), y_train[run.train_index]
+        # Features cached on disk are memory-mapped CPU tensors: read once per run.
+        x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
+        return x_train, y_train, x_val, cut
+
+    def _optimizer(self, lrs: Sequence[float], regime: Regime, epochs: int, n_train: int):
+        """Adam over the blocks' groups (one group per tensor for AutoRGN), cosine to 0 over the budget."""
+        groups = param_groups(self.model, self.blocks, lrs)
+        if regime.rgn_batches:  # AutoRGN: one group per tensor
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            groups = [{"name": names[id(p)], "lr": g["lr"], "params": [p]} for g in groups for p in g["params"]]
+        optimizer = torch.optim.Adam(groups)
+        steps_per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+
+    def _epoch(self, state: _RunState, x_train, y_train, order, optimizer, scheduler, crops, regime: Regime,
+               epoch: int) -> tuple[float, int]:
+        """One pass over ``order`` in mini-batches: the summed loss and the images seen (a non-finite
+        objective stops it and marks the run diverged)."""
+        total, count, batch_size = 0.0, 0, self.batch_size
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            xb = x_train[idx] if crops is None else augment(x_train[idx], crops)
+            with self._autocast():
+                loss = state.loss_fn(self._forward(xb), y_train[idx])
+                objective = loss if regime.penalty is None else loss + regime.penalty(self.model)
+            if not torch.isfinite(objective):
+                state.diverged = True
+                state.failure = f"training loss became {objective.item()} at epoch {epoch}, step {i // batch_size + 1}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        return total, count
+
+    def _run(self, run: _RunArgs) -> TrainResult:
+        cfg, regime = self.config, run.regime
+        masks, settled, ever = self._masks(run.mask, regime)
         start = time.perf_counter()
-        (x_train, y_train), (x_val, y_val) = train, val
         with contextlib.ExitStack() as stack:
             # fork_rng scopes the global RNG (used by dropout) to this run and restores it after.
             stack.enter_context(torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []))
-            torch.manual_seed(seed)
-            self.restore(seed)  # the prefix cache is computed from these pristine weights
-            # The prefix cache is exact only without augmentation: under it every epoch sees other crops.
-            exact = regime.init_state is None and not cfg.augment
-            cut = self.cache.cut_for(ever, x_val) if exact else None  # frozen in every epoch
-            if regime.init_state is not None:
-                self.model.load_state_dict(regime.init_state)
+            torch.manual_seed(run.seed)
+            self.restore(run.seed)  # the prefix cache is computed from these pristine weights
+            x_train, y_train, x_val, cut = self._inputs(run, ever)
             epochs = regime.epochs or cfg.epochs
-            if cut is not None:
-                cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
-                if cached[0] is None or cached[1] is None:
-                    cut = None
-                else:
-                    x_train, x_val = cached
-            if train_index is not None:
-                x_train, y_train = _rows(x_train, train_index), y_train[train_index]
-            # Features cached on disk are memory-mapped CPU tensors: read once per run.
-            x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
             stack.enter_context(bypass(self.model, cut))
             self._configure(masks[0])
-            groups = param_groups(self.model, self.blocks, lrs)
-            if regime.rgn_batches:  # AutoRGN: one group per tensor
-                names = {id(p): n for n, p in self.model.named_parameters()}
-                groups = [{"name": names[id(p)], "lr": g["lr"], "params": [p]} for g in groups for p in g["params"]]
-            optimizer = torch.optim.Adam(groups)
-            batch_size = self.batch_size
-            steps_per_epoch = max(1, math.ceil(len(x_train) / batch_size))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-            shuffle = torch.Generator(device="cpu").manual_seed(seed)
-            crops = torch.Generator(device="cpu").manual_seed(seed + 1) if cfg.augment else None
-            loss_fn = nn.CrossEntropyLoss()
-            best, best_epoch, best_state, stale, diverged, failure, pruned = -1.0, 0, None, 0, False, None, False
-            images = 0
-            val_hist: list[float] = []
-            loss_hist: list[float] = []
-            multipliers: list[dict[str, float]] = []
+            optimizer, scheduler = self._optimizer(run.lrs, regime, epochs, len(x_train))
+            shuffle = torch.Generator(device="cpu").manual_seed(run.seed)
+            crops = torch.Generator(device="cpu").manual_seed(run.seed + 1) if cfg.augment else None
+            state = _RunState()
             for epoch in range(1, epochs + 1):
                 self._configure(masks[min(epoch, len(masks)) - 1])
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
                 if regime.rgn_batches:
-                    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][: regime.rgn_batches]
-                    multipliers.append(rescale_by_rgn(optimizer, self._rgn_loss(x_train, y_train, loss_fn, regime), batches))
-                total, count = 0.0, 0
-                for i in range(0, len(order), batch_size):
-                    idx = order[i : i + batch_size]
-                    xb = x_train[idx] if crops is None else augment(x_train[idx], crops)
-                    with self._autocast():
-                        loss = loss_fn(self._forward(xb), y_train[idx])
-                        objective = loss if regime.penalty is None else loss + regime.penalty(self.model)
-                    if not torch.isfinite(objective):
-                        diverged = True
-                        failure = f"training loss became {objective.item()} at epoch {epoch}, step {i // batch_size + 1}"
-                        break
-                    optimizer.zero_grad(set_to_none=True)
-                    objective.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    total += loss.item() * len(idx)
-                    count += len(idx)
-                images += count
-                if diverged:
-                    logger.debug("run seed=%d diverged at epoch %d", seed, epoch)
+                    bs = self.batch_size
+                    batches = [order[i : i + bs] for i in range(0, len(order), bs)][: regime.rgn_batches]
+                    state.multipliers.append(
+                        rescale_by_rgn(optimizer, self._rgn_loss(x_train, y_train, state.loss_fn, regime), batches))
+                total, count = self._epoch(state, x_train, y_train, order, optimizer, scheduler, crops, regime, epoch)
+                state.images += count
+                if state.diverged:
+                    logger.debug("run seed=%d diverged at epoch %d", run.seed, epoch)
                     break
                 with self._autocast():
-                    acc = evaluate_accuracy(self.model, x_val, y_val, self.eval_batch_size, forward=self._forward,
+                    acc = evaluate_accuracy(self.model, x_val, run.val[1], self.eval_batch_size, forward=self._forward,
                                             metric=cfg.metric)
-                val_hist.append(acc)
-                loss_hist.append(total / max(1, count))
-                if on_epoch is not None:
-                    on_epoch(epoch, acc, loss_hist[-1])
-                if acc > best:
-                    best, best_epoch, stale = acc, epoch, 0
-                    if keep_best:
-                        best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                elif epoch >= settled:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        break
-                if should_stop is not None and epoch < epochs and should_stop(epoch, best):
-                    pruned = True
+                if state.after_epoch(epoch, acc, total / max(1, count), run, self.model, settled, cfg.patience, epochs):
                     break
-        return TrainResult(
-            seed=seed,
-            best_val_accuracy=max(best, 0.0),
-            best_epoch=best_epoch,
-            epochs_run=len(val_hist),
-            val_accuracies=tuple(val_hist),
-            train_losses=tuple(loss_hist),
-            seconds=time.perf_counter() - start,
-            diverged=diverged,
-            best_state=best_state,
-            prefix_depth=0 if cut is None else cut.depth,
-            failure=failure,
-            batch_size=batch_size,
-            lr_multipliers=tuple(multipliers),
-            train_images=images,
-            pruned=pruned,
-        )
+        return state.result(run.seed, time.perf_counter() - start, cut, self.batch_size)
 
     def _rgn_loss(self, x, y, loss_fn, regime: Regime):
         """The objective of one mini-batch of rows ``idx``, as AutoRGN measures its gradients."""

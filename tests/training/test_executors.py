@@ -1,0 +1,105 @@
+"""The promises every registered executor keeps (one suite over :data:`EXECUTORS`): the same outcomes as
+the sequential local executor, each run reported exactly once, and, for executors with workers, a run
+lost with its worker (SIGKILL) retried and still reported once. A new executor registers and inherits
+these tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from biotune.config import RunConfig, RuntimeConfig
+from biotune.training import EXECUTORS, RunRequest, Session, SessionSpec
+from biotune.training.executor import LocalExecutor, make_executor
+
+pytestmark = pytest.mark.slow
+
+CONFIG = RunConfig().replace(
+    model={"name": "test_efficientnet", "weights": "random"},
+    data={"image_size": 24},
+    train={"epochs": 2, "patience": 2, "batch_size": 64},
+)
+
+
+@pytest.fixture(scope="module")
+def session_and_expected():
+    spec = SessionSpec(CONFIG.model, CONFIG.data, CONFIG.train, 2, 0, RuntimeConfig(threads=1))
+    session = Session.from_spec(spec)
+    n = len(session.blocks)
+    requests = [RunRequest(tuple([0.0] * k + [1e-3] * (n - k)), k % 2, 5 + k) for k in range(n - 2)]
+    requests.append(RunRequest((1e-3,) * n, None, 9))  # a final run: scored on test too
+    expected: dict[int, object] = {}
+    LocalExecutor(session).run(requests, expected.__setitem__)
+    return spec, session, requests, expected
+
+
+def _executor(name: str, spec: SessionSpec, session: Session):
+    if name == "ray":
+        pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
+    runtime = RuntimeConfig(threads=1, executor=name, workers=None if name == "local" else 2)
+    return make_executor(runtime, SessionSpec(spec.model, spec.data, spec.train, spec.n_folds, spec.seed, runtime),
+                         session)
+
+
+def _summary(outcome) -> tuple:
+    return (outcome.best_val_accuracy, outcome.best_epoch, outcome.epochs_run, outcome.test_accuracy,
+            outcome.val_accuracies)
+
+
+@pytest.mark.parametrize("name", tuple(EXECUTORS))
+def test_same_outcomes_as_local_each_reported_once(name, session_and_expected):
+    spec, session, requests, expected = session_and_expected
+    seen: Counter[int] = Counter()
+    got = {}
+
+    def on_result(i, outcome):
+        seen[i] += 1
+        got[i] = outcome
+
+    with _executor(name, spec, session) as executor:
+        executor.run(requests, on_result)
+    assert set(seen.values()) == {1} and len(seen) == len(requests)
+    assert {i: _summary(o) for i, o in got.items()} == {i: _summary(o) for i, o in expected.items()}
+
+
+def _busy_worker_pid(name: str, executor) -> int | None:
+    """A worker process of ``executor`` that is training a run now."""
+    if name == "processes":
+        return executor.worker_pids()[0]
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if "ray::_perform_on_ray" in " ".join(proc.info["cmdline"] or ()):
+            return proc.info["pid"]
+    return None
+
+
+@pytest.mark.parametrize("name", [n for n in EXECUTORS if n != "local"])
+def test_a_run_lost_with_its_worker_is_retried_and_reported_once(name, session_and_expected):
+    spec, session, requests, expected = session_and_expected
+    seen: Counter[int] = Counter()
+    got = {}
+    killed = []
+
+    with _executor(name, spec, session) as executor:
+        def on_result(i, outcome):
+            if not killed:  # after the first result, while the other worker trains
+                deadline = time.time() + 20
+                pid = None
+                while pid is None and time.time() < deadline:
+                    pid = _busy_worker_pid(name, executor)
+                    time.sleep(0.05)
+                assert pid is not None, "no busy worker to kill"
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            seen[i] += 1
+            got[i] = outcome
+
+        executor.run(requests, on_result)
+    assert killed
+    assert set(seen.values()) == {1} and len(seen) == len(requests)
+    assert {i: _summary(o) for i, o in got.items()} == {i: _summary(o) for i, o in expected.items()}
