@@ -10,8 +10,8 @@ import pytest
 from biotune import RunConfig, RuntimeConfig, run
 from biotune.cli import main
 from biotune.config import parse_duration
-from biotune.search import plan as plan_module
-from biotune.search.plan import TimeBudget
+from biotune.search import budget as budget_module
+from biotune.search.budget import TimeBudget
 from biotune.training.estimate import Speed, estimate_runs
 
 
@@ -39,7 +39,7 @@ class _Clock:
 
 def test_the_budget_stops_before_the_first_generation_that_would_not_fit(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr(plan_module.time, "perf_counter", clock)
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
     estimate = _estimate()
     assert estimate.round_seconds[1] == pytest.approx(1.0) and estimate.final_seconds[1] == pytest.approx(4.0)
     budget = TimeBudget(12.0, estimate, (4, 3, 3), start=0.0)
@@ -52,7 +52,7 @@ def test_the_budget_stops_before_the_first_generation_that_would_not_fit(monkeyp
         clock.now += 0.9 * runs
         budget.observe(g, 0.9 * runs)
         done.append(g)
-    assert done == [0, 1] and budget.stopped_at == 2
+    assert done == [0, 1] and not budget.allows(2)
     final = budget._final()
     assert final == pytest.approx(4.0 * 0.9)  # scaled by the measured rounds
     assert clock.now + final <= 12.0  # the search and its final phase fit the limit
@@ -60,7 +60,7 @@ def test_the_budget_stops_before_the_first_generation_that_would_not_fit(monkeyp
 
 def test_generation_zero_always_runs_and_parallel_workers_count_in_whole_rounds(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr(plan_module.time, "perf_counter", clock)
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
     tiny = TimeBudget(0.5, _estimate(), (4, 3, 3), start=0.0)
     assert tiny.allows(0) and not tiny.allows(1) and tiny.fitting_generations() == 1
     wide = TimeBudget(10.0, _estimate(workers=4), (4, 3, 3), start=0.0)  # each generation is one round of 1 s
@@ -96,7 +96,7 @@ def test_cli_time_limit_in_the_plan_and_a_bad_one_refused(tmp_path, capsys):
 
 def test_within_a_generation_a_run_starts_only_if_it_and_the_final_phase_fit(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr(plan_module.time, "perf_counter", clock)
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
     budget = TimeBudget(10.0, _estimate(), (4, 3, 3), start=0.0)  # a run: 1 s; the final phase: 4 s
     clock.now = 4.9
     assert budget.may_start()  # 4.9 + 1 + 4 <= 10

@@ -262,7 +262,9 @@ class DataConfig(_Serialisable):
 
 @dataclass(frozen=True)
 class TrainConfig(_Serialisable):
-    """One fine-tuning run (the paper's protocol by default).
+    """One fine-tuning run. The defaults are the paper's budget (30 epochs, patience 3, Adam at 1e-3,
+    batch 96); the LR schedule (cosine to 0) and BatchNorm in frozen blocks (eval mode) are BioTune's
+    choices where the paper is silent (DESIGN.md), not the paper's.
 
     Attributes:
         epochs: epoch budget of a run; the cosine schedule spans it.
@@ -303,7 +305,9 @@ class TrainConfig(_Serialisable):
 
 @dataclass(frozen=True)
 class SearchConfig(_Serialisable):
-    """The memetic search (the paper's experiment settings by default).
+    """The search. Population, elites, generations, seeds, fold fraction and top-k default to the paper's
+    experiment settings; the strategy, warm start and pruner default to what the benchmarks chose
+    (``PRESETS["paper"]`` restores the paper's memetic operators, without warm start or pruning).
 
     Attributes:
         population: individuals per generation (N_p).
@@ -535,8 +539,8 @@ def resolve_image_size(image_size: int | str | None, dataset: str, model_size: i
 
 
 # Presets change settings before explicit options are applied; none sets the image size (see
-# :func:`resolve_image_size`). ``paper`` is the paper's
-# protocol (the dataclass defaults, with the paper's memetic operators); ``quick`` is the offline demo that runs in minutes on
+# :func:`resolve_image_size`). ``paper`` is the paper's protocol: the dataclass defaults with the
+# paper's memetic operators, no warm start and no pruning; ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False, "pruner": "none"}},

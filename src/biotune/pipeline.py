@@ -36,7 +36,7 @@ from .search.fitness import FitnessEvaluator
 from .search.genome import check_genome, decode
 from .search.loop import SearchListener, SearchResult, run_search
 from .search.pruning import Pruner
-from .search.plan import TimeBudget, estimate_search
+from .search.budget import TimeBudget, estimate_search
 from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
 from .search.study import TrialStore, gene_names
 from .training.estimate import Estimate
@@ -46,7 +46,7 @@ from .training.session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, t
 
 WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
 
-__all__ = ["RunResult", "Configuration", "Plan", "run", "plan", "finetune", "load_configuration"]
+__all__ = ["RunResult", "Configuration", "SearchPlan", "run", "plan", "finetune", "load_configuration"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ def run(
     """Search, fine-tune the best configuration, and write the run directory.
 
     Args:
-        config: the run settings (defaults: the paper's protocol on ``digits`` with
-            EfficientNet-Lite0).
+        config: the run settings (default: ``RunConfig()``, the offline demo ``digits`` with
+            EfficientNet-Lite0, the paper's budget and BioTune's default strategy; ``PRESETS["paper"]``
+            for the paper's protocol).
         run_dir: where outputs go; an existing run directory with the same settings is
             resumed. ``None`` resumes the latest matching ``runs/<dataset>-<model>-*``
             or starts a new timestamped one.
@@ -179,7 +180,7 @@ def run(
         listener: progress hooks.
         time_limit: wall time for the whole call (``"2h"``, ``"45m"``, seconds): the search
             asks no generation that, with the final phase, would not fit it (judged on the
-            plan's estimate, then on measured times; see :class:`~biotune.search.plan.TimeBudget`)
+            plan's estimate, then on measured times; see :class:`~biotune.search.budget.TimeBudget`)
             and finishes with the best it has. ``best.json`` records what stopped the search.
             Machine-dependent: a resumed run gets a new limit from its own start.
 
@@ -241,7 +242,7 @@ def _generation_runs(config: RunConfig) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class SearchPlan:
     """What :func:`run` would do, resolved and timed, without doing it (``--dry-run``).
 
     Attributes:
@@ -260,7 +261,7 @@ class Plan:
 
 
 def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = None,
-         time_limit: str | float | None = None) -> Plan:
+         time_limit: str | float | None = None) -> SearchPlan:
     """Resolve every setting of a search and estimate its time (and how much of it fits
     ``time_limit``); writes nothing.
 
@@ -285,7 +286,7 @@ def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = Non
     }
     estimate = estimate_search(session, config, runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config))
-    return Plan(resolved, estimate, budget, session.reading)
+    return SearchPlan(resolved, estimate, budget, session.reading)
 
 
 def _open_store(url: str, path: Path, names, document) -> TrialStore:
@@ -549,7 +550,7 @@ def finetune(
     Args:
         configuration: a :class:`Configuration` or the path of a ``best.json``.
         data: the dataset (default ``digits``); may differ from the one searched on.
-        train: training settings (default: the paper's protocol).
+        train: training settings (default: ``TrainConfig()``, the paper's budget).
         runs: number of runs (seeds).
         seed: run seed (splits and training seeds).
         weights: override the configuration's weights source.

@@ -126,9 +126,9 @@ def cmd_compare(args) -> int:
     options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
                              sp_kernels_only=args.sp_kernels_only, budget_match=not args.no_budget_match)
     if args.dry_run:
-        from ..compare import plan_compare
+        from ..compare import estimate_compare
 
-        plans = plan_compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
+        plans = estimate_compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
                              runtime=runtime_config(args), fractions=fractions)
         print(f"settings (preset {args.preset}):")
         print("\n".join(line for line in settings_lines(args, config) if ".dataset" not in line))

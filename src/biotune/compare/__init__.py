@@ -8,5 +8,5 @@ from .baselines import lora_model as lora_model
 from .grid import CompareOptions as CompareOptions
 from .grid import compare as compare
 from .grid import METHODS as METHODS
-from .grid import plan_compare as plan_compare
+from .grid import estimate_compare as estimate_compare
 from .tuned import TUNED as TUNED

@@ -40,7 +40,7 @@ from ..models.blocks import Block, within
 from ..training.groups import BN_TYPES
 from ..training.regime import Regime
 
-__all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "Plan", "lora_model", "LoraModel"]
+__all__ = ["BASELINES", "SPPenalty", "gradual_masks", "baseline_plan", "BaselineSetup", "lora_model", "LoraModel"]
 
 RGN_BATCHES = 5
 
@@ -116,7 +116,7 @@ def gradual_masks(n_blocks: int, order: str) -> tuple[tuple[bool, ...], ...]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BaselineSetup:
     """What a baseline hands the trainer: per-block learning rates and a regime."""
 
     lrs: tuple[float, ...]
@@ -138,7 +138,7 @@ def baseline_plan(
     alpha: float = 0.1,
     beta: float = 0.01,
     kernels_only: bool = False,
-) -> Plan:
+) -> BaselineSetup:
     """The learning rates and regime of one of :data:`BASELINES`.
 
     Raises:
@@ -149,19 +149,19 @@ def baseline_plan(
 
 
 @BASELINES.register("ft", "full fine-tuning: every block at the base rate")
-def _ft(model, blocks, initial, base_lr, **_) -> Plan:
-    return Plan((base_lr,) * len(blocks))
+def _ft(model, blocks, initial, base_lr, **_) -> BaselineSetup:
+    return BaselineSetup((base_lr,) * len(blocks))
 
 
 @BASELINES.register("lp", "linear probe: the head alone")
-def _lp(model, blocks, initial, base_lr, **_) -> Plan:
-    return Plan((0.0,) * (len(blocks) - 1) + (base_lr,))
+def _lp(model, blocks, initial, base_lr, **_) -> BaselineSetup:
+    return BaselineSetup((0.0,) * (len(blocks) - 1) + (base_lr,))
 
 
 def _sp(norm: str):
-    def plan(model, blocks, initial, base_lr, *, alpha, beta, kernels_only) -> Plan:
+    def plan(model, blocks, initial, base_lr, *, alpha, beta, kernels_only) -> BaselineSetup:
         penalty = SPPenalty(model, blocks, initial, alpha=alpha, beta=beta, norm=norm, kernels_only=kernels_only)
-        return Plan((base_lr,) * len(blocks), Regime(penalty=penalty))
+        return BaselineSetup((base_lr,) * len(blocks), Regime(penalty=penalty))
 
     return plan
 
@@ -171,8 +171,8 @@ BASELINES.add("l1sp", _sp("l1"), "FT with α·Σ|w − w⁰| pulling the weights
 
 
 def _gradual(order: str):
-    def plan(model, blocks, initial, base_lr, **_) -> Plan:
-        return Plan((base_lr,) * len(blocks), Regime(masks=gradual_masks(len(blocks), order)))
+    def plan(model, blocks, initial, base_lr, **_) -> BaselineSetup:
+        return BaselineSetup((base_lr,) * len(blocks), Regime(masks=gradual_masks(len(blocks), order)))
 
     return plan
 
@@ -182,12 +182,12 @@ BASELINES.add("gfl", _gradual("gfl"), "gradual unfreezing, first block first, on
 
 
 @BASELINES.register("autorgn", "per-tensor rates scaled each epoch by relative gradient norm (surgical fine-tuning)")
-def _autorgn(model, blocks, initial, base_lr, **_) -> Plan:
-    return Plan((base_lr,) * len(blocks), Regime(rgn_batches=RGN_BATCHES))
+def _autorgn(model, blocks, initial, base_lr, **_) -> BaselineSetup:
+    return BaselineSetup((base_lr,) * len(blocks), Regime(rgn_batches=RGN_BATCHES))
 
 
 @BASELINES.register("lora", "LoRA adapters (peft) on convolutions and linear layers, the head trained")
-def _lora(model, blocks, initial, base_lr, **_) -> Plan:
+def _lora(model, blocks, initial, base_lr, **_) -> BaselineSetup:
     raise BioTuneError("lora changes the model: build it with lora_model() and train its two blocks")
 
 

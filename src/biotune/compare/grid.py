@@ -36,7 +36,7 @@ from ..search.final import Selection, select_final
 from ..search.fitness import FitnessEvaluator
 from ..search.loop import SearchResult, run_search
 from ..search.pruning import Pruner
-from ..search.plan import estimate_search
+from ..search.budget import estimate_search
 from ..search.report import block_table, plot_convergence, plot_heatmap
 from ..search.study import TrialStore, gene_names
 from ..training.estimate import Estimate, estimate_runs, measure_speed
@@ -48,7 +48,7 @@ from .figures import plot_cost
 from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
 from .tuned import TUNED
 
-__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "plan_compare"]
+__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "estimate_compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def compare(
     return records
 
 
-def plan_compare(
+def estimate_compare(
     datasets: Sequence[str],
     methods: Sequence[str],
     *,

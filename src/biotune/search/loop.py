@@ -24,7 +24,7 @@ from ..training.session import Compute
 from .evolution import Candidate, GenerationStats
 from .fitness import Evaluation, FitnessEvaluator
 from .genome import decode
-from .plan import TimeBudget
+from .budget import TimeBudget
 from .pruning import Pruner, Reference
 from .study import TrialStore
 

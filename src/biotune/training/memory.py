@@ -22,7 +22,7 @@ import torch
 from ..config import RuntimeConfig
 from ..errors import BioTuneError
 
-__all__ = ["MemoryPlan", "memory_plan", "format_bytes"]
+__all__ = ["MemoryNeeds", "memory_needs", "format_bytes"]
 
 RUNTIME_BYTES = 600 * 2**20  # Python with torch, timm and the libraries loaded (measured: 0.5-0.6 GB RSS)
 
@@ -35,7 +35,7 @@ def format_bytes(n: float) -> str:
 
 
 @dataclass(frozen=True)
-class MemoryPlan:
+class MemoryNeeds:
     """A run's memory figures (bytes).
 
     Attributes:
@@ -61,10 +61,6 @@ class MemoryPlan:
     @property
     def ram_needed(self) -> int:
         return self.ram_per_process * self.processes
-
-    @property
-    def device_needed(self) -> int:
-        return self.device_per_process * self.processes
 
     def lines(self) -> list[str]:
         where = "RAM" if not self.device_per_process else f"RAM, plus {format_bytes(self.device_per_process)} " \
@@ -125,7 +121,7 @@ def _activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> tuple[int
     return total[0] // n, largest[0] // n
 
 
-def memory_plan(session, runtime: RuntimeConfig, processes: int, *, cache_bytes: int | None = None) -> MemoryPlan:
+def memory_needs(session, runtime: RuntimeConfig, processes: int, *, cache_bytes: int | None = None) -> MemoryNeeds:
     """The memory figures of training on ``session`` with ``processes`` sessions on this machine."""
     import psutil
 
@@ -152,5 +148,5 @@ def memory_plan(session, runtime: RuntimeConfig, processes: int, *, cache_bytes:
         ram_per_process, device_per_process = host_side + weights, model_side  # the pristine copy lives with the model
     else:
         ram_per_process, device_per_process = host_side + model_side, 0
-    return MemoryPlan(store, int(ram_per_process), int(device_per_process), processes, ram_available, device_available,
+    return MemoryNeeds(store, int(ram_per_process), int(device_per_process), processes, ram_available, device_available,
                       float_copy, str(device))

@@ -1,6 +1,6 @@
-"""A search's plan and its time estimate: the evaluations its strategy makes per generation,
-the runs of its final phase, scaled from a measured training speed (see
-:mod:`biotune.training.estimate`); and the time limit that stops a search on that estimate.
+"""What a search costs and what it may spend: its time estimate (the evaluations its strategy makes
+per generation and the runs of its final phase, scaled from a measured training speed, see
+:mod:`biotune.training.estimate`) and the time limit (:class:`TimeBudget`) that stops a search on it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 from ..config import RunConfig, RuntimeConfig
 from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
-from ..training.memory import memory_plan
+from ..training.memory import memory_needs
 from ..training.session import Session
 from .evolution import batch_sizes
 from .genome import leading_frozen_distribution
@@ -54,7 +54,7 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     # Sessions on this machine: the main process's, and each local worker's.
     remote = runtime.executor == "ray" and runtime.ray_address is not None
     sessions = 1 if (runtime.executor == "local" and workers == 1) or remote else 1 + workers
-    estimate = dataclasses.replace(estimate, memory=memory_plan(session, runtime, sessions))
+    estimate = dataclasses.replace(estimate, memory=memory_needs(session, runtime, sessions))
     if s.pruner == "none":
         return estimate
     low, high = expected_saving(s.pruner, t.epochs, batches)
@@ -91,7 +91,6 @@ class TimeBudget:
     generation_runs: tuple[int, ...]
     start: float = field(default_factory=time.perf_counter)
     observed_round: float = 0.0
-    stopped_at: int | None = None
 
     def observe(self, generation: int, seconds: float) -> None:
         """Record how long ``generation`` took (its rounds, measured)."""
@@ -107,15 +106,12 @@ class TimeBudget:
         return max(low, min(high, high * self.observed_round / estimated_round))
 
     def allows(self, generation: int) -> bool:
-        """Whether ``generation`` and the final phase still fit; remembers the first refusal."""
+        """Whether ``generation`` and the final phase still fit."""
         if generation == 0 or generation >= len(self.generation_runs):
             return True
         round_seconds = self.observed_round or self.estimate.round_seconds[1]
         needed = rounds(self.generation_runs[generation], self.estimate.workers) * round_seconds + self._final()
-        fits = time.perf_counter() - self.start + needed <= self.limit
-        if not fits and self.stopped_at is None:
-            self.stopped_at = generation
-        return fits
+        return time.perf_counter() - self.start + needed <= self.limit
 
     def may_start(self) -> bool:
         """Whether one more run (the slowest round measured, else the estimate's full run) and the
