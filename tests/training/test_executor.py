@@ -14,6 +14,8 @@ from biotune import RunConfig, RuntimeConfig, SearchListener, run
 from biotune.training.executor import ProcessExecutor
 from biotune.training.session import RunRequest, SessionSpec
 
+pytestmark = pytest.mark.slow  # kills, resumes, clusters and whole searches
+
 CONFIG = RunConfig().replace(
     model={"name": "test_efficientnet", "weights": "random"},
     data={"image_size": 24},

@@ -82,6 +82,7 @@ def test_lpft_second_stage_starts_from_the_probed_head(monkeypatch):
     assert out.compute.runs == 2 and out.compute.epochs == probe.epochs_run + ft.epochs_run
 
 
+@pytest.mark.slow
 def test_compare_runs_the_tuned_methods_with_their_compute(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--datasets", "digits", "--methods", "ft,ftlr,lpft,llrd", "--runs", "1", "--out", str(out),

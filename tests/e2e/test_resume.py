@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # kills, resumes, clusters and whole searches
+
 ARGS = ["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
         "--image-size", "16", "--epochs", "2", "--patience", "1", "--population", "5", "--elites", "2",
         "--generations", "2", "--seeds", "1", "--final-runs", "1", "--top-k", "2", "--batch-size", "64", "--no-progress",

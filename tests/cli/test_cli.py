@@ -15,6 +15,7 @@ TINY = ["--model", "test_efficientnet", "--weights", "random", "--image-size", "
         "--final-runs", "1", "--top-k", "2", "--batch-size", "64", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_end_to_end_search_on_real_data_then_finetune(usps_path, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = main(["search", "--dataset", str(usps_path), "--run-dir", str(run_dir), *TINY,

@@ -371,6 +371,7 @@ def test_dry_run_says_how_the_table_was_read(tmp_path, capsys):
     assert "test: " in out and "carved from train: 20 %, stratified, lesion_id groups kept apart" in out
 
 
+@pytest.mark.slow
 def test_predict_on_a_table_with_and_without_labels(tmp_path, capsys):
     root = tmp_path / "p"
     rows = ["id,label"]
@@ -392,6 +393,7 @@ def test_predict_on_a_table_with_and_without_labels(tmp_path, capsys):
     assert "accuracy (top-1) on the 24 labelled images" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_reads_a_table(tmp_path, capsys):
     root = tmp_path / "c"
     rows = ["file_name,label"]

@@ -26,6 +26,8 @@ from biotune.search.study import with_driver
 from biotune.training.estimate import Speed, estimate_runs, rounds
 from biotune.training.executor import parallel_runs
 
+pytestmark = pytest.mark.slow  # kills, resumes, clusters and whole searches
+
 CONFIG = RunConfig().replace(
     model={"name": "test_efficientnet", "weights": "random"},
     data={"image_size": 16},

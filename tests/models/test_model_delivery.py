@@ -19,6 +19,8 @@ import biotune
 from biotune.cli import main
 from biotune.data.dataset import load_dataset
 
+pytestmark = pytest.mark.slow  # kills, resumes, clusters and whole searches
+
 TINY = ["--dataset", "digits", "--model", "test_efficientnet", "--weights", "random", "--image-size", "16",
         "--epochs", "2", "--patience", "2", "--population", "3", "--elites", "1", "--generations", "1",
         "--seeds", "1", "--final-runs", "2", "--top-k", "2", "--batch-size", "64", "--no-progress"]

@@ -67,6 +67,7 @@ def test_generation_zero_always_runs_and_parallel_workers_count_in_whole_rounds(
     assert wide.fitting_generations() == 3
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_its_time_limit_finishes_with_the_best_it_has(tmp_path, capsys):
     config = RunConfig().replace(
         model={"name": "test_efficientnet", "weights": "random"}, data={"image_size": 16},
@@ -104,6 +105,7 @@ def test_within_a_generation_a_run_starts_only_if_it_and_the_final_phase_fit(mon
     assert not budget.may_start()  # this run would end the limit's last second inside the final phase
 
 
+@pytest.mark.slow
 def test_a_generation_cut_by_the_time_limit_is_not_told_and_a_resume_runs_only_what_was_not_started(tmp_path):
     import numpy as np
 

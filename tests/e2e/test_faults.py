@@ -30,6 +30,8 @@ from biotune.training.executor import LocalExecutor
 from biotune.training.session import Session, SessionSpec
 from biotune.training.trainer import FineTuner, TrainerOptions
 
+pytestmark = pytest.mark.slow  # kills, resumes, clusters and whole searches
+
 HERE = Path(__file__).resolve().parent
 ARGS = ["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
         "--image-size", "16", "--epochs", "2", "--patience", "2", "--population", "5", "--elites", "2",

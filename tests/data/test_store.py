@@ -75,6 +75,7 @@ def test_an_image_folder_is_decoded_once_and_rewritten_when_files_change(tmp_pat
     assert len(ds.y_train) + len(ds.y_test) == 9 and len(writes) == 3
 
 
+@pytest.mark.slow
 def test_a_store_killed_while_written_is_never_used(tmp_path):
     root = _folder(tmp_path / "photos", per_class=30)
     script = (

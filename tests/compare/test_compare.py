@@ -44,6 +44,7 @@ TINY = ["--model", "test_efficientnet", "--weights", "random", "--image-size", "
         "--batch-size", "64", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_compare_writes_tables_and_figures_and_resumes_without_repeating(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["compare", "--datasets", "digits", "--runs", "2", "--out", str(out), *TINY]
@@ -79,6 +80,7 @@ def test_compare_writes_tables_and_figures_and_resumes_without_repeating(tmp_pat
     assert (out / "runs.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_compare_fractions_write_table3(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--datasets", "digits", "--methods", "ft", "--runs", "1", "--out", str(out),

@@ -85,6 +85,7 @@ def test_param_groups_by_name_skip_frozen():
     torch.optim.Adam(groups)
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_like_eager_with_the_prefix_bypassed():
     """``--compile``: torch.compile gives the same runs (here on CPU) with the frozen prefix bypassed,
     the harder case (a run without a prefix compiles the same model whole; one case halves the

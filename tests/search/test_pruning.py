@@ -98,6 +98,7 @@ def _config(pruner: str) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_pruned_evaluations_are_stored_pruned_with_their_fitness_and_read_back_not_retrained(tmp_path):
     runtime = RuntimeConfig(threads=1, cache_memory="0")
     first = run(_config("successive-halving"), run_dir=tmp_path / "r", runtime=runtime)

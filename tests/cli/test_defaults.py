@@ -41,6 +41,7 @@ def test_resolution_rule():
     assert all("image_size" not in p.get("data", {}) for p in PRESETS.values())  # presets leave it to the data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["npz28", "npz96", "folder"])
 def test_real_datasets_default_to_the_models_input_size(source, tmp_path, caplog):
     dataset = {"npz28": lambda: _npz(tmp_path / "a.npz", 28), "npz96": lambda: _npz(tmp_path / "b.npz", 96),
