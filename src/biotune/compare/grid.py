@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,7 +48,7 @@ from .figures import plot_cost
 from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
 from .tuned import TUNED
 
-__all__ = ["METHODS", "SEARCHES", "CompareOptions", "compare", "estimate_compare"]
+__all__ = ["METHODS", "SEARCHES", "CellRecord", "CompareOptions", "compare", "estimate_compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,65 +219,110 @@ class _Cell:
         return training_seeds(self.seed, FINAL_SEEDS, 1)[0]
 
 
+@dataclass(frozen=True)
+class CellRecord:
+    """One finished cell, as a line of ``runs.jsonl`` (the tables and a resume read these keys).
+
+    Attributes:
+        dataset, method, run, fraction: the cell.
+        seed: the final run's training seed.
+        val_accuracy, test_accuracy: the final run's best validation accuracy and its test accuracy there.
+        failure: why the final run diverged, or ``None``.
+        compute: training runs, epochs, images and seconds the method used (search included).
+        trainable_percent: share of the model's parameters it trained.
+        seconds: wall time of the cell.
+        details: what the method adds: LoRA's excluded layers; a tuned competitor's grid and choice; a
+            search's strategy, genes, multipliers, candidates and search compute.
+    """
+
+    dataset: str
+    method: str
+    run: int
+    fraction: float | None
+    seed: int
+    val_accuracy: float
+    test_accuracy: float
+    failure: str | None
+    compute: dict
+    trainable_percent: float
+    seconds: float
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        head = {"dataset": self.dataset, "method": self.method, "run": self.run, "fraction": self.fraction,
+                "seed": self.seed}
+        return {**head, **self.details, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "failure": self.failure, "compute": self.compute, "trainable_percent": self.trainable_percent,
+                "seconds": self.seconds}
+
+
 def _run_one(session: Session, cell: _Cell, config: RunConfig, runtime: RuntimeConfig, options: CompareOptions,
              out: Path) -> dict:
-    dataset, method, run, fraction = cell.dataset, cell.method, cell.run, cell.fraction
-    seed, final_seed = cell.seed, cell.final_seed
-    blocks = session.blocks
-    record = {"dataset": dataset, "method": method, "run": run, "fraction": fraction, "seed": final_seed}
     start = time.perf_counter()
-    if method in BASELINES:
-        tuner = session.finetuner
-        if method == "lora":
-            pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
-                             seed=config.search.seed)
-            lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
-                            options.lora_rank)
-            # Every runtime option kept; the prefix cache off (its entries name the original model's weights).
-            tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device,
-                              dataclasses.replace(tuner.options, cache_memory=0, cache_dir=None))
-            lrs, regime = (0.0, config.train.lr), None
-            # Share of the original model: the adapters are parameters it did not have.
-            percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
-            record["lora_excluded"] = list(lm.excluded)
-        else:
-            plan = baseline_plan(method, tuner.model, blocks, tuner.initial_state, config.train.lr,
-                                 alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
-            lrs, regime = plan.lrs, plan.regime
-            percent = trainable_percent(blocks, plan.trainable)
-        outcome = session.perform(RunRequest(tuple(lrs), None, final_seed), finetuner=tuner, regime=regime)
-        record.update(val_accuracy=outcome.best_val_accuracy, test_accuracy=float(outcome.test_accuracy or 0.0),
-                      failure=outcome.failure, compute=Compute.of([outcome]).to_dict())
-    elif method in TUNED:
-        record.update(TUNED.get(method)(session, config, seed, final_seed, budget_match=options.budget_match))
-        percent = 100.0
+    if cell.method in BASELINES:
+        result, percent, details = _baseline(session, cell, config, options)
+    elif cell.method in TUNED:
+        found = TUNED.get(cell.method)(session, config, cell.seed, cell.final_seed, budget_match=options.budget_match)
+        common = {k: found.pop(k) for k in ("val_accuracy", "test_accuracy", "failure", "compute")}
+        result, percent, details = common, 100.0, found
     else:
-        strategy = config.search.strategy if method == "biotune" else method
-        record["strategy"] = strategy
-        search, selection, search_seconds = _search(session, cell, strategy, config, runtime, out)
-        final = selection.result
-        genes = final.genes
-        run_ = final.runs[0]
-        percent = final.trainable_percent
-        estimate = {r.genes: r.fitness for r in search.ranking}
-        record.update(
-            val_accuracy=run_.val_accuracy, test_accuracy=run_.test_accuracy, failure=run_.failure,
-            genes=list(genes), search_seconds=search_seconds,
-            multipliers=[row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
-            blocks=[b.name for b in blocks],
-            selected_by=selection.selected_by,
-            candidates=[{"genes": list(c.genes), "fitness": estimate[c.genes], "val_accuracy": c.val_accuracy_mean,
-                         "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent}
-                        for c in selection.candidates],
-            compute=(search.compute + selection.compute).to_dict(),
-            search_compute=search.compute.to_dict(),
-            distinct_configurations=len(search.ranking),
-        )
-        suffix = "" if fraction is None else f"-p{fraction:g}"
-        stem = slug(Path(dataset).stem or dataset)
-        plot_convergence(out / f"convergence-{stem}-{method}-run{run}{suffix}.png", search.generations)
-    record.update(trainable_percent=percent, seconds=time.perf_counter() - start)
-    return record
+        result, percent, details = _searched(session, cell, config, runtime, out)
+    return CellRecord(cell.dataset, cell.method, cell.run, cell.fraction, cell.final_seed, **result,
+                      trainable_percent=percent, seconds=time.perf_counter() - start, details=details).to_dict()
+
+
+def _baseline(session: Session, cell: _Cell, config: RunConfig, options: CompareOptions) -> tuple[dict, float, dict]:
+    """A baseline's one run: its result, its trainable share, what it adds to the record."""
+    blocks, tuner, details = session.blocks, session.finetuner, {}
+    if cell.method == "lora":
+        pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
+                         seed=config.search.seed)
+        lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
+                        options.lora_rank)
+        # Every runtime option kept; the prefix cache off (its entries name the original model's weights).
+        tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device,
+                          dataclasses.replace(tuner.options, cache_memory=0, cache_dir=None))
+        lrs, regime = (0.0, config.train.lr), None
+        # Share of the original model: the adapters are parameters it did not have.
+        percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
+        details["lora_excluded"] = list(lm.excluded)
+    else:
+        setup = baseline_plan(cell.method, tuner.model, blocks, tuner.initial_state, config.train.lr,
+                              alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
+        lrs, regime = setup.lrs, setup.regime
+        percent = trainable_percent(blocks, setup.trainable)
+    outcome = session.perform(RunRequest(tuple(lrs), None, cell.final_seed), finetuner=tuner, regime=regime)
+    result = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
+              "failure": outcome.failure, "compute": Compute.of([outcome]).to_dict()}
+    return result, percent, details
+
+
+def _searched(session: Session, cell: _Cell, config: RunConfig, runtime: RuntimeConfig,
+              out: Path) -> tuple[dict, float, dict]:
+    """A search (BioTune's strategy, or the one the method names) and its final run."""
+    blocks = session.blocks
+    strategy = config.search.strategy if cell.method == "biotune" else cell.method
+    search, selection, search_seconds = _search(session, cell, strategy, config, runtime, out)
+    final = selection.result
+    genes, run_ = final.genes, final.runs[0]
+    estimate = {r.genes: r.fitness for r in search.ranking}
+    details = {
+        "strategy": strategy, "genes": list(genes), "search_seconds": search_seconds,
+        "multipliers": [row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
+        "blocks": [b.name for b in blocks],
+        "selected_by": selection.selected_by,
+        "candidates": [{"genes": list(c.genes), "fitness": estimate[c.genes], "val_accuracy": c.val_accuracy_mean,
+                        "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent}
+                       for c in selection.candidates],
+        "search_compute": search.compute.to_dict(),
+        "distinct_configurations": len(search.ranking),
+    }
+    result = {"val_accuracy": run_.val_accuracy, "test_accuracy": run_.test_accuracy, "failure": run_.failure,
+              "compute": (search.compute + selection.compute).to_dict()}
+    suffix = "" if cell.fraction is None else f"-p{cell.fraction:g}"
+    stem = slug(Path(cell.dataset).stem or cell.dataset)
+    plot_convergence(out / f"convergence-{stem}-{cell.method}-run{cell.run}{suffix}.png", search.generations)
+    return result, final.trainable_percent, details
 
 
 def _search(session: Session, cell: _Cell, strategy: str, config: RunConfig, runtime: RuntimeConfig,
