@@ -110,3 +110,24 @@ def test_compiled_model_trains_like_eager_with_the_prefix_bypassed():
         assert comp.prefix_depth == eager.prefix_depth == n - 2
         assert comp.val_accuracies == eager.val_accuracies
         assert comp.train_losses == pytest.approx(eager.train_losses, rel=1e-4)
+
+
+def test_evaluation_results_do_not_depend_on_the_evaluation_batch(tuner):
+    """The evaluation batch follows the training batch (not a fixed 512): scores are the same for any
+    batch (eval mode scores each image on its own), and so are a run's validation curve and test score."""
+    from biotune.training.metrics import evaluate_accuracy
+    from biotune.training.trainer import eval_batch_size
+
+    assert tuner.eval_batch_size == eval_batch_size(tuner.config.batch_size) == 2 * tuner.config.batch_size
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(50, 3, 16, 16, generator=g), torch.arange(50) % 3
+    for metric in ("top1", "balanced"):
+        scores = {b: evaluate_accuracy(tuner.model, x, y, b, metric=metric) for b in (3, 16, 50, 512)}
+        assert len(set(scores.values())) == 1, scores
+    lrs = (1e-3,) * len(tuner.blocks)
+    small = tuner.run(lrs, (x, y), (x[:30], y[:30]), seed=2, keep_best=True)
+    test_small = tuner.evaluate(x[30:], y[30:], state=small.best_state)
+    tuner.eval_batch_size = 512
+    large = tuner.run(lrs, (x, y), (x[:30], y[:30]), seed=2, keep_best=True)
+    assert large.val_accuracies == small.val_accuracies and large.train_losses == small.train_losses
+    assert tuner.evaluate(x[30:], y[30:], state=large.best_state) == test_small
