@@ -33,7 +33,7 @@ def _generate(root: Path, n: int, classes: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
         split = "test" if i % 10 == 0 else "val" if i % 10 == 1 else "train"
-        label = i % classes
+        label = (i // 10) % classes  # the split comes from i % 10, the class from the rest
         small = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
         path = root / split / f"class{label}" / f"{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)

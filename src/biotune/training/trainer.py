@@ -91,10 +91,11 @@ def eval_batch_size(batch_size: int) -> int:
     """Images per evaluation forward pass: twice the training batch.
 
     An inference pass keeps no activations for a backward pass (only the current layers' input and
-    output), so two training batches of images stay well below a training step's peak. A fixed 512
-    was the largest allocation of a run at 224 px (6.8 GB for EfficientNet-Lite0 on a CPU, against
-    5.5 GB for a training step at batch 64; the allocator keeps both). Validation and test results
-    do not depend on it (eval mode scores each image on its own) beyond float summation order.
+    output), so two training batches of images stay below a training step's peak, whatever the
+    image size; a fixed 512 did not (at 224 px one such batch alone took 6.8 GB for
+    EfficientNet-Lite0). Measured on a whole FT run at 224 px, batch 64, the run's peak is the
+    training step's either way (``benchmarks/memory.py``). Validation and test results do not depend
+    on it (eval mode scores each image on its own) beyond float summation order.
     """
     return max(1, 2 * int(batch_size))
 
