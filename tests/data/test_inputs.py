@@ -423,3 +423,12 @@ def test_run_directories_written_before_the_reading_options_still_resume():
     assert _comparable(old) == _comparable(new)
     changed = RunConfig().replace(data={"label_column": "dx"}).to_dict()
     assert _comparable(changed) != _comparable(old)
+
+
+def test_metadata_without_labels_leaves_the_class_folders_in_charge(tmp_path, caplog):
+    root = tmp_path / "captions"
+    idents = _class_tree(root, 0, per_class=6)
+    (root / "metadata.csv").write_text("file_name,text\n" + "".join(f"cat/{i}.png,a cat\n" for i in idents[:6]))
+    ds = _load(root)
+    assert ds.classes == ("cat", "dog") and sorted(_idents(ds.x_train) + _idents(ds.x_test)) == idents
+    assert any("no label column" in r.getMessage() for r in caplog.records)

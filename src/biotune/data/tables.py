@@ -385,11 +385,16 @@ def read_metadata_folder(folder: Path, options: ReadOptions) -> Listing | None:
     split folder), or ``None`` when it has no metadata file."""
     opts = options
     top = metadata_file(folder)
+    layout = {} if top is not None else split_folders(folder)
+    metas = [top] if top is not None else [metadata_file(p) for p in layout.values()]
+    if not metas or not all(metas):
+        return None
+    if options.label_column is None and not any(c.lower() == "label" for c in _read_frame(metas[0]).columns):
+        # Metadata without labels (captions, extra fields): the class folders label the images, as in HF.
+        logger.warning("%s has no label column: the images are labelled by their class folders", metas[0])
+        return None
     if top is not None:
         return read_table(top, opts, image_root=folder, name=folder.name)
-    layout = split_folders(folder)
-    if not layout or not all(metadata_file(p) for p in layout.values()):
-        return None
     parts = {s: read_table(metadata_file(p), opts, image_root=p, split=s, name=folder.name) for s, p in layout.items()}
     classes = sorted({c for part in parts.values() for c in part.classes})
     try:
