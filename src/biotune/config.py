@@ -444,6 +444,10 @@ class RuntimeConfig:
             files (shared by worker processes and later runs); ``None``: they train uncached.
             The uint8 dataset store goes to ``<cache_dir>/store`` (default: ``store`` beside the
             named datasets, under ``data_dir``).
+        grad_checkpointing: timm's gradient checkpointing (``set_grad_checkpointing``): the
+            activations of the model's blocks are recomputed in the backward pass instead of kept,
+            for less memory and ~20–30 % more compute. The same training, but BatchNorm's running
+            statistics are updated again when a block is recomputed, so results differ slightly.
         auto_batch_size: on out-of-memory, halve the batch size and retry the run instead
             of stopping with an error.
         threads: intra-op CPU threads per process (default: torch's choice locally, the
@@ -468,6 +472,7 @@ class RuntimeConfig:
     compile: bool = False
     cache_memory: str = "2G"
     cache_dir: str | None = None
+    grad_checkpointing: bool = False
     auto_batch_size: bool = False
     threads: int | None = None
     executor: str = "local"

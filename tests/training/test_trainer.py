@@ -131,3 +131,17 @@ def test_evaluation_results_do_not_depend_on_the_evaluation_batch(tuner):
     large = tuner.run(lrs, (x, y), (x[:30], y[:30]), seed=2, keep_best=True)
     assert large.val_accuracies == small.val_accuracies and large.train_losses == small.train_losses
     assert tuner.evaluate(x[30:], y[30:], state=large.best_state) == test_small
+
+
+def test_gradient_checkpointing_trains_the_same_first_epoch():
+    """With timm's gradient checkpointing the forward pass is the same: the first epoch's training loss
+    agrees to float tolerance (BatchNorm's running statistics then differ: blocks are recomputed)."""
+    x, y = _data(32)
+    losses = []
+    for checkpointing in (False, True):
+        pm = build_model("test_efficientnet", 3, weights="random", seed=0)
+        tuner = FineTuner(pm.model, partition_model(pm.model, "stage"), TrainConfig(epochs=1, batch_size=8),
+                          torch.device("cpu"), TrainerOptions(grad_checkpointing=checkpointing))
+        assert getattr(tuner.model, "grad_checkpointing", False) is checkpointing
+        losses.append(tuner.run((1e-3,) * len(tuner.blocks), (x, y), (x, y), seed=1).train_losses[0])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)

@@ -189,6 +189,8 @@ class TrainerOptions:
         cache_namespace: names this model's weights and preprocessing in those files.
         auto_batch_size: on out-of-memory, halve the batch size and retry the run (the
             smaller size then sticks); without it, a clear error names the batch size.
+        grad_checkpointing: timm's gradient checkpointing of the model's blocks (less activation
+            memory, more compute; see :class:`~biotune.config.RuntimeConfig`).
     """
 
     channels_last: bool = True
@@ -198,6 +200,7 @@ class TrainerOptions:
     cache_dir: str | None = None
     cache_namespace: str = "prefix"
     auto_batch_size: bool = False
+    grad_checkpointing: bool = False
 
     @classmethod
     def of(cls, runtime: RuntimeConfig, device: torch.device, *, namespace: str) -> "TrainerOptions":
@@ -207,7 +210,8 @@ class TrainerOptions:
         bf16 = "-bf16" if runtime.amp and device.type == "cuda" else ""
         return cls(channels_last=runtime.channels_last, amp=runtime.amp, compile=runtime.compile,
                    cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
-                   cache_namespace=f"{namespace}-{layout}{bf16}", auto_batch_size=runtime.auto_batch_size)
+                   cache_namespace=f"{namespace}-{layout}{bf16}", auto_batch_size=runtime.auto_batch_size,
+                   grad_checkpointing=runtime.grad_checkpointing)
 
 
 class FineTuner:
@@ -253,6 +257,11 @@ class FineTuner:
         self.auto_batch_size = options.auto_batch_size
         self.batch_size = config.batch_size
         self.eval_batch_size = eval_batch_size(config.batch_size)
+        if options.grad_checkpointing:
+            if not hasattr(self.model, "set_grad_checkpointing"):
+                raise BioTuneError(f"{type(self.model).__name__} has no gradient checkpointing (timm's "
+                                   "set_grad_checkpointing); run without --grad-checkpointing")
+            self.model.set_grad_checkpointing(True)
         self._forward = torch.compile(self.model) if options.compile else self.model
         self.cache = PrefixCache(
             self.model, self.blocks, memory=options.cache_memory, autocast=self._autocast, directory=options.cache_dir,
