@@ -371,14 +371,20 @@ def test_dry_run_says_how_the_table_was_read(tmp_path, capsys):
     assert "test: " in out and "carved from train: 20 %, stratified, lesion_id groups kept apart" in out
 
 
+def _two_class_table(path: Path, image_column: str, n: int = 24) -> Path:
+    """``n`` images beside a table ``image_column,label`` of them, classes a and b alternating."""
+    rows = [f"{image_column},label"]
+    for i in range(n):
+        _image(path.parent / f"{i}.png", i)
+        rows.append(f"{i}.png,{('a', 'b')[i % 2]}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 @pytest.mark.slow
 def test_predict_on_a_table_with_and_without_labels(tmp_path, capsys):
     root = tmp_path / "p"
-    rows = ["id,label"]
-    for i in range(24):
-        _image(root / f"{i}.png", i)
-        rows.append(f"{i}.png,{('a', 'b')[i % 2]}")
-    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    _two_class_table(root / "train.csv", "id")
     assert main(["search", *TINY, "--dataset", str(root / "train.csv"), "--image-column", "id",
                  "--run-dir", str(tmp_path / "run")]) == 0
     capsys.readouterr()
@@ -396,11 +402,7 @@ def test_predict_on_a_table_with_and_without_labels(tmp_path, capsys):
 @pytest.mark.slow
 def test_compare_reads_a_table(tmp_path, capsys):
     root = tmp_path / "c"
-    rows = ["file_name,label"]
-    for i in range(24):
-        _image(root / f"{i}.png", i)
-        rows.append(f"{i}.png,{('a', 'b')[i % 2]}")
-    (root / "t.csv").write_text("\n".join(rows) + "\n")
+    _two_class_table(root / "t.csv", "file_name")
     out = tmp_path / "cmp"
     code = main(["compare", "--datasets", str(root / "t.csv"), "--methods", "ft", "--runs", "1", "--out", str(out),
                  "--model", "test_efficientnet", "--weights", "random", "--image-size", "16", "--epochs", "1",

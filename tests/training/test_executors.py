@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import Counter
 
@@ -63,24 +64,32 @@ def _busy_worker_pid(name: str, executor) -> int | None:
 
 
 def _run(executor, requests, kill: str | None = None):
-    """Run ``requests``; with ``kill`` (the executor's name), SIGKILL a busy worker after the first
-    result. Returns how often each index was reported, the outcomes and the killed pid."""
+    """Run ``requests``; with ``kill`` (the executor's name), SIGKILL a busy worker once the first result
+    is in, from another thread (the executor goes on submitting runs meanwhile). Returns how often each
+    index was reported, the outcomes and the killed pid."""
     seen: Counter[int] = Counter()
-    got, killed = {}, []
+    got, killed, killer = {}, [], []
+
+    def kill_a_busy_worker() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            pid = _busy_worker_pid(kill, executor)
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
 
     def on_result(i, outcome):
-        if kill is not None and not killed:  # after the first result, while another worker trains
-            deadline, pid = time.time() + 20, None
-            while pid is None and time.time() < deadline:
-                pid = _busy_worker_pid(kill, executor)
-                time.sleep(0.05)
-            assert pid is not None, "no busy worker to kill"
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+        if kill is not None and not killer:
+            killer.append(threading.Thread(target=kill_a_busy_worker))
+            killer[0].start()
         seen[i] += 1
         got[i] = outcome
 
     executor.run(requests, on_result)
+    for thread in killer:
+        thread.join()
     return seen, got, killed
 
 
@@ -96,7 +105,7 @@ def test_every_executor_keeps_the_contract(name, session_and_expected):
         assert {i: _summary(o) for i, o in got.items()} == want
         if name == "local":
             return  # no worker to lose: a killed process is a resume (tests/e2e/test_resume.py)
-        # Three times the runs, so that workers are still busy when the first result comes back.
+        # Three times the runs, so that workers are still busy after the first result.
         seen, got, killed = _run(executor, requests * 3, kill=name)
     assert killed
     assert set(seen.values()) == {1} and len(seen) == 3 * len(requests)
