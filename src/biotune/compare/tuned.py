@@ -155,8 +155,7 @@ def _grid_tuned(session: Session, config: RunConfig, seed: int, final_seed: int,
                 grid: tuple[float, ...], lrs_of) -> dict:
     """A validation grid search at BioTune's search budget (or one run per value), then a final run."""
     s = config.search
-    search_runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
-    budget = search_runs if budget_match else len(grid)
+    budget = _search_runs(config) if budget_match else len(grid)
     seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
     tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
     outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))

@@ -24,7 +24,7 @@ from .catalog import NAMES, load_named, named_npz
 from .listing import ReadOptions, carve, require_per_class
 from .readers import IMAGE_EXTENSIONS, ImageDataset, load_digits, read_npz
 from .rows import ImageRows
-from .sources import archive_signature, is_archive, is_listed_source, list_source, unpack
+from .sources import ARCHIVE_SUFFIXES, archive_signature, is_archive, is_listed_source, list_source, unpack
 from .store import decode_listing, open_listing, open_npz, open_stored
 
 __all__ = [
@@ -112,7 +112,7 @@ def _load_listed(spec: str, size: int, store_dir, progress: bool, options: ReadO
         return open_listing(listing, Path(store_dir), size, options=options.key(), **decode)
     if not path.is_file():
         raise BioTuneError(f"dataset file {spec} does not exist")
-    name = path.name[: -len(next(s for s in (".tar.gz", ".tgz", ".tar", ".zip") if path.name.lower().endswith(s)))]
+    name = path.name[: -len(next(s for s in ARCHIVE_SUFFIXES if path.name.lower().endswith(s)))]
     signature = archive_signature(path)
     if store_dir is not None:
         stored = open_stored(path, Path(store_dir), size, options.key(), signature)

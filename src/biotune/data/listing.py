@@ -121,9 +121,6 @@ class Listing:
         return replace(self, splits={**self.splits, "train": train.take(train_idx), "test": train.take(test_idx)},
                        origin={**self.origin, "test": how})
 
-    def counts(self) -> dict[str, np.ndarray]:
-        return {s: np.bincount(items.labels, minlength=len(self.classes)) for s, items in self.splits.items()}
-
 
 def carve(labels: np.ndarray, groups: list[str] | np.ndarray | None, fraction: float, seed: int, source: str,
           classes, why: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import BioTuneError
 from .folders import IMAGE_EXTENSIONS
-from .listing import _TEST_FRACTION, _TEST_SPLIT_SEED, Listing, carve
+from .listing import _TEST_FRACTION, _TEST_SPLIT_SEED, carve, read_ref
 
 __all__ = [
     "ImageDataset",
@@ -29,7 +29,6 @@ __all__ = [
     "read_npz",
     "read_image",
     "fit_image",
-    "read_listing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -181,14 +180,10 @@ def read_npz(path: Path) -> ImageDataset:
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """Read any PIL-readable image as 8-bit RGB, short side resized to ``size``, centre-cropped."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as img:
-            img.load()
-            return fit_image(img, size)
-    except Exception as err:  # PIL raises many types for bad files
-        raise BioTuneError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        return read_ref(path, size)[0]
+    except BioTuneError as err:
+        raise BioTuneError(f"{path}: cannot read image ({err})") from None
 
 
 def fit_image(img, size: int) -> np.ndarray:
@@ -206,10 +201,3 @@ def fit_image(img, size: int) -> np.ndarray:
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-
-
-def read_listing(listing: Listing, size: int, *, skip_unreadable: bool = False) -> ImageDataset:
-    """A listing decoded into memory at ``size`` px (see :mod:`biotune.data.store` for the store)."""
-    from .store import decode_listing
-
-    return decode_listing(listing, size, skip_unreadable=skip_unreadable)
