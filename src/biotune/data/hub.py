@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import BioTuneError
 from .listing import Listing, Problems, ReadOptions, split_of
-from .tables import _text, assemble, class_names_from
+from .tables import cell_text, assemble, class_names_from
 
 __all__ = ["HF_PREFIX", "is_saved_dataset", "read_hf"]
 
@@ -128,10 +128,10 @@ def read_hf(spec: str, options: ReadOptions) -> Listing:
             ids.append(str(i))
             lines.append(f"{key} row {i}")
             labels.append(label_feature.names[values[i]] if class_labels and values[i] is not None
-                          and values[i] >= 0 else _text(values[i]))
+                          and values[i] >= 0 else cell_text(values[i]))
             splits.append(split)
             if group_values is not None:
-                groups.append(_text(group_values[i]))
+                groups.append(cell_text(group_values[i]))
     names = class_names_from(options.class_names) if options.class_names else None
     return assemble(name=name, source=spec, kind="Hugging Face dataset", refs=refs, ids=ids, lines=lines,
                     labels=labels, splits=splits, groups=groups if options.group_column else None,

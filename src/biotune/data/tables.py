@@ -30,7 +30,7 @@ from .folders import IMAGE_EXTENSIONS, split_folders
 from .listing import Listing, Problems, ReadOptions, SplitItems, split_of
 
 __all__ = ["TABLE_SUFFIXES", "METADATA_FILES", "is_table", "metadata_file", "read_table", "table_records",
-           "assemble", "class_names_from"]
+           "assemble", "class_names_from", "cell_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def _separator(path: Path) -> str:
         return ","
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A cell as text: ``None``/NaN → ``""``, integral floats without ``.0``."""
     if value is None:
         return ""
@@ -194,10 +194,10 @@ def table_records(path: Path, options: ReadOptions, *, labels_required: bool = T
     first = 1 if path.suffix.lower() == ".jsonl" else 2  # the header is line 1 of a csv
     where = "row" if path.suffix.lower() == ".parquet" else "line"
     records: dict[str, Any] = {
-        "image": [_text(v) for v in frame[image_col].tolist()],
+        "image": [cell_text(v) for v in frame[image_col].tolist()],
         "line": [f"{where} {i + first}" for i in range(len(frame))],
-        "split": None if split_col is None else [_text(v) for v in frame[split_col].tolist()],
-        "group": None if group_col is None else [_text(v) for v in frame[group_col].tolist()],
+        "split": None if split_col is None else [cell_text(v) for v in frame[split_col].tolist()],
+        "group": None if group_col is None else [cell_text(v) for v in frame[group_col].tolist()],
         "columns": {"image": image_col, "label": label_col or (",".join(onehot) if onehot else None),
                     "split": split_col, "group": group_col},
     }
@@ -208,7 +208,7 @@ def table_records(path: Path, options: ReadOptions, *, labels_required: bool = T
             col = _column(columns, name, (), "", source, "--label-column")
             for i, v in enumerate(frame[col].tolist()):
                 try:
-                    matrix[i, j] = float(_text(v) or "nan")
+                    matrix[i, j] = float(cell_text(v) or "nan")
                 except ValueError:
                     bad.append(i)
         positive = np.nan_to_num(matrix) > 0
@@ -220,7 +220,7 @@ def table_records(path: Path, options: ReadOptions, *, labels_required: bool = T
         records["onehot_bad"] = [i for i in range(len(frame)) if positive[i].sum() != 1 or i in bad]
         records["classes"] = onehot
     elif label_col is not None:
-        records["label"] = [_text(v) for v in frame[label_col].tolist()]
+        records["label"] = [cell_text(v) for v in frame[label_col].tolist()]
     else:
         records["label"] = None
     return records
