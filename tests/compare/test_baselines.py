@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from biotune.compare.baselines import SPPenalty, baseline_plan, gradual_masks
+from biotune.compare.baselines import (BASELINES, DEFAULT_KNOBS, Knobs, SPPenalty, baseline_plan, default_knobs,
+                                      gradual_masks, mean_trainable_share)
 from biotune.config import TrainConfig
 from biotune.errors import BioTuneError
 from biotune.models.blocks import partition_model
@@ -31,7 +32,7 @@ def _changed_blocks(tuner: FineTuner, before: dict, after: dict) -> list[bool]:
 def test_lp_changes_only_the_head():
     tuner = _tuner()
     x, y = _data()
-    plan = baseline_plan("lp", tuner.model, tuner.blocks, tuner.initial_state, 1e-2)
+    plan = baseline_plan("lp", tuner.model, tuner.blocks, tuner.initial_state, 1e-2, epochs=2)
     result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, keep_best=True)
     start = dict(tuner.initial_state)
     changed = _changed_blocks(tuner, start, result.best_state)
@@ -85,7 +86,8 @@ def test_l2sp_keeps_weights_closer_to_w0_than_ft():
     distance = {}
     for method, alpha in (("ft", 0.0), ("l2sp", 50.0)):
         tuner = _tuner(epochs=3, patience=3)
-        plan = baseline_plan(method, tuner.model, tuner.blocks, tuner.initial_state, 1e-2, alpha=alpha)
+        plan = baseline_plan(method, tuner.model, tuner.blocks, tuner.initial_state, 1e-2, Knobs(alpha=alpha),
+                             epochs=3)
         result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, keep_best=True, regime=plan.regime)
         backbone = [n for b in tuner.blocks[:-1] for n in b.param_names]
         distance[method] = sum(float((result.best_state[n] - tuner.initial_state[n]).pow(2).sum()) for n in backbone)
@@ -94,9 +96,9 @@ def test_l2sp_keeps_weights_closer_to_w0_than_ft():
 
 @pytest.mark.parametrize("order", ["glf", "gfl"])
 def test_gradual_unfreezing_trains_the_scheduled_blocks_each_epoch(order):
-    tuner = _tuner(epochs=len(gradual_masks(7, order)) + 1, patience=1)
+    tuner = _tuner(epochs=9, patience=1)
     x, y = _data()
-    plan = baseline_plan(order, tuner.model, tuner.blocks, tuner.initial_state, 1e-2)
+    plan = baseline_plan(order, tuner.model, tuner.blocks, tuner.initial_state, 1e-2, epochs=9)
     snapshots = [{k: v.clone() for k, v in tuner.initial_state.items()}]
 
     def record(epoch, acc, loss):
@@ -114,15 +116,17 @@ def test_gradual_unfreezing_trains_the_scheduled_blocks_each_epoch(order):
 def test_unknown_baseline_and_order():
     tuner = _tuner()
     with pytest.raises(BioTuneError, match="unknown baseline 'foo'"):
-        baseline_plan("foo", tuner.model, tuner.blocks, tuner.initial_state, 1e-3)
+        baseline_plan("foo", tuner.model, tuner.blocks, tuner.initial_state, 1e-3, epochs=2)
     with pytest.raises(BioTuneError, match="order"):
-        gradual_masks(3, "middle")
+        gradual_masks(3, "middle", 4)
+    with pytest.raises(BioTuneError, match="pace"):
+        gradual_masks(3, "glf", 4, pace=0.0)
 
 
 def test_autorgn_multipliers_are_in_0_1_with_max_1_each_epoch():
     tuner = _tuner(epochs=3, patience=3)
     x, y = _data(96)
-    plan = baseline_plan("autorgn", tuner.model, tuner.blocks, tuner.initial_state, 1e-3)
+    plan = baseline_plan("autorgn", tuner.model, tuner.blocks, tuner.initial_state, 1e-3, Knobs(), epochs=3)
     result = tuner.run(plan.lrs, (x, y), (x, y), seed=0, regime=plan.regime)
     assert len(result.lr_multipliers) == result.epochs_run == 3
     n_tensors = sum(1 for _ in tuner.model.parameters())
@@ -146,15 +150,48 @@ def test_lora_trains_adapters_norms_and_head_but_leaves_base_weights_unchanged()
 
     pm = build_model("test_efficientnet", 3, weights="random", seed=0)
     full = sum(p.numel() for p in pm.model.parameters())
-    lora = lora_model(pm.model, partition_model(pm.model), rank=4)
+    lora = lora_model(pm.model, partition_model(pm.model), rank=4, alpha=8)
     assert lora.excluded and all("conv_dw" in n for n in lora.excluded)  # depthwise: grouped convolutions
-    frozen, trainable = lora.blocks
-    assert any(".lora_A." in n for n in trainable.param_names) and any("bn" in n for n in trainable.param_names)
-    assert trainable.num_params < full
+    frozen, tuned, adapters = lora.blocks
+    assert all(".lora_" in n for n in adapters.param_names) and any("bn" in n for n in tuned.param_names)
+    assert not any(".lora_" in n for n in tuned.param_names + frozen.param_names)
+    assert tuned.num_params + adapters.num_params < full
+    conv = next(m for m in lora.model.modules() if hasattr(m, "scaling") and m.scaling)
+    assert conv.scaling["default"] == pytest.approx(2.0)  # alpha / rank
+    lrs = lora.lrs(1e-3, Knobs(lr_scale=10.0))
+    assert lrs == pytest.approx((0.0, 1e-3, 1e-2))  # frozen; norms and head at λ; adapters at 10 λ
     tuner = FineTuner(lora.model, lora.blocks, TrainConfig(epochs=2, patience=2, batch_size=16), torch.device("cpu"),
                       TrainerOptions(cache_memory=0))
     x, y = _data()
-    result = tuner.run([0.0, 1e-2], (x, y), (x, y), seed=0, keep_best=True)
+    result = tuner.run(list(lrs), (x, y), (x, y), seed=0, keep_best=True)
     start = tuner.initial_state
     assert all(torch.equal(start[n], result.best_state[n]) for n in frozen.param_names)
-    assert any(not torch.equal(start[n], result.best_state[n]) for n in trainable.param_names if "lora_B" in n)
+    assert any(not torch.equal(start[n], result.best_state[n]) for n in adapters.param_names if "lora_B" in n)
+
+
+@pytest.mark.parametrize("n_blocks", [2, 5, 10, 17])
+def test_gradual_unfreezing_reaches_every_block_before_the_last_third_for_budgets_2_to_30(n_blocks):
+    for epochs in range(2, 31):
+        for order in ("glf", "gfl"):
+            masks = gradual_masks(n_blocks, order, epochs)
+            assert masks[0] == (False,) * (n_blocks - 1) + (True,)  # the head alone first
+            assert masks[-1] == (True,) * n_blocks, (order, epochs)
+            # every block trains from epoch len(masks) on (1-based), the last third being epochs > 2E/3
+            assert len(masks) - 1 <= 2 * epochs // 3, (order, epochs)
+            unfrozen = [sum(m[:-1]) for m in masks]
+            assert unfrozen == sorted(unfrozen) and unfrozen[1] >= 1  # unfreezing starts in epoch 2, never goes back
+    assert gradual_masks(5, "glf", 1) == ((True,) * 5,)
+
+
+def test_mean_trainable_share_averages_the_epochs_run():
+    assert mean_trainable_share([10.0, 50.0, 100.0], 5) == pytest.approx((10 + 50 + 100 * 3) / 5)
+    assert mean_trainable_share([10.0, 50.0, 100.0], 2) == pytest.approx(30.0)
+
+
+def test_every_baseline_has_defaults_and_their_provenance_is_written_down():
+    assert set(DEFAULT_KNOBS) == set(BASELINES)
+    doc = default_knobs.__doc__
+    for method in BASELINES:
+        assert f"``{method}``" in doc, method
+    assert DEFAULT_KNOBS["l1sp"].alpha < 1e-3  # the pull per weight stays below the cross-entropy gradient
+    assert DEFAULT_KNOBS["autorgn"].lr_scale > 1 and DEFAULT_KNOBS["lora"].lr_scale > 1

@@ -10,7 +10,8 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from biotune.cli import main
-from biotune.compare.tuned import decay_grid, llrd_multipliers, lpft, lr_grid, tune
+from biotune.compare.baselines import BASELINES, default_knobs
+from biotune.compare.tuned import baseline_grid, decay_grid, llrd_multipliers, lpft, lr_grid, tune
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
 from biotune.training.metrics import score
 from biotune.training.session import RunOutcome, Session
@@ -21,12 +22,11 @@ def test_ftlr_chooses_the_grid_value_with_the_best_mean_validation_accuracy():
     known = {1e-4: [0.50, 0.52], 1e-3: [0.71, 0.69], 1e-2: [0.80, 0.40]}  # 1e-2 has the best run, not the best mean
     seen = []
 
-    def perform(request):
-        lr = request.lrs[0]
-        seen.append((lr, request.fold, request.seed))
+    def run(lr, fold, seed):
+        seen.append((lr, fold, seed))
         return RunOutcome(known[lr][len([s for s in seen if s[0] == lr]) - 1], 1, 2, 0.1, False, train_images=50)
 
-    tuning = tune(perform, (1e-4, 1e-3, 1e-2), lambda lr: (lr, lr), budget=7, n_folds=2, seeds=(11, 12, 13))
+    tuning = tune(run, (1e-4, 1e-3, 1e-2), budget=7, n_folds=2, seeds=(11, 12, 13))
     assert tuning.chosen == 1e-3 and tuning.replicates == 2  # 7 runs // 3 values
     assert tuning.val_accuracy == pytest.approx((0.51, 0.70, 0.60))
     # every value sees the same (fold, seed) pairs: a paired comparison
@@ -103,3 +103,43 @@ def test_compare_runs_the_tuned_methods_with_their_compute(tmp_path, capsys):
         assert r["compute"]["training_runs"] == r["search_compute"]["training_runs"] + 1
         assert r["chosen"] == r["grid"][int(np.argmax(r["grid_val_accuracy"]))]
     assert records["lpft"]["compute"]["training_runs"] == 2 and records["ft"]["compute"]["training_runs"] == 1
+
+
+@pytest.mark.parametrize("method", sorted(BASELINES))
+@pytest.mark.parametrize("budget", [1, 3, 8, 26])
+def test_baseline_grids_fit_the_budget_and_hold_the_defaults(method, budget):
+    grid = baseline_grid(method, budget)
+    assert 1 <= len(grid) <= budget and len(set(grid)) == len(grid)
+    assert default_knobs(method) in grid or budget == 1 and len(grid) == 1
+    replicates = max(1, budget // len(grid))
+    assert replicates * len(grid) <= budget  # tuning never trains more runs than ftlr
+
+
+@pytest.mark.slow
+def test_tune_baselines_stays_within_ftlr_compute_labels_cells_and_resumes(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--datasets", "digits", "--runs", "1", "--out", str(out),
+            "--model", "test_efficientnet", "--weights", "random", "--image-size", "16", "--epochs", "2",
+            "--patience", "1", "--population", "3", "--elites", "1", "--generations", "1", "--seeds", "1",
+            "--batch-size", "64", "--no-progress"]
+    assert main([*args, "--methods", "ftlr,l1sp,glf"]) == 0  # the defaults first
+    assert main([*args, "--methods", "ft,l1sp,glf,lora", "--tune-baselines"]) == 0
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    by = {(r["method"], r.get("tuned", False)): r for r in records}
+    assert set(by) == {("ftlr", False), ("l1sp", False), ("glf", False), ("ft", True), ("l1sp", True),
+                       ("glf", True), ("lora", True)}
+    ftlr_runs = by["ftlr", False]["search_compute"]["training_runs"]
+    for method in ("ft", "l1sp", "glf", "lora"):
+        r = by[method, True]
+        assert r["search_compute"]["training_runs"] == r["replicates"] * len(r["grid"]) <= 3 + 5
+        assert r["search_compute"]["training_runs"] <= max(ftlr_runs, 3 + 5)
+        assert r["compute"]["training_runs"] == r["search_compute"]["training_runs"] + 1
+        assert r["knobs"] == r["grid"][int(np.argmax(r["grid_val_accuracy"]))]
+    assert by["l1sp", False]["knobs"] == default_knobs("l1sp").to_dict()
+    assert 0 < by["glf", False]["trainable_percent"] < 100  # averaged over epochs: the head alone in epoch 1
+    table = (out / "table1_accuracy.md").read_text()
+    assert "| l1sp (tuned) |" in table and "Distance to ft (tuned)" in table
+    assert "FTx" in (out / "table4_compute.md").read_text()
+    before = (out / "runs.jsonl").read_text()
+    assert main([*args, "--methods", "l1sp,glf,lora", "--tune-baselines"]) == 0  # finished tuned cells are kept
+    assert (out / "runs.jsonl").read_text() == before

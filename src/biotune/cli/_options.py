@@ -289,9 +289,16 @@ def _add_compare(sub) -> None:
     c.add_argument("--dry-run", action="store_true",
                    help="print the settings, the cells still to run and a measured time estimate per dataset and "
                         "for the whole grid, then exit without training or writing anything")
-    c.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r, alpha = r (default: 8)")
-    c.add_argument("--sp-alpha", type=float, default=0.1, help="L2-SP/L1-SP weight α of the w⁰ term (default: 0.1)")
-    c.add_argument("--sp-beta", type=float, default=0.01, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
+    c.add_argument("--tune-baselines", action="store_true",
+                   help="every baseline chooses its own knobs on validation (FT, LP, AutoRGN: the rate; L1-SP/L2-SP: α "
+                        "and the rate; LoRA: the rate and rank; G-LF/G-FL: the rate and pace) with as many training "
+                        "runs as ftlr, on the search's folds and seeds; its cells are labelled '<method> (tuned)'")
+    c.add_argument("--lora-rank", type=int, default=None,
+                   help="LoRA rank r, alpha = r (default: 16, adapters at 10× the rate; see DEFAULT_KNOBS)")
+    c.add_argument("--sp-alpha", type=float, default=None,
+                   help="weight α of the pull toward the pretrained weights, for both L2-SP and L1-SP (default: "
+                        "0.01 for L2-SP, 1e-4 for L1-SP, whose pull per weight is α itself)")
+    c.add_argument("--sp-beta", type=float, default=None, help="L2-SP/L1-SP weight β of the head term (default: 0.01)")
     c.add_argument("--no-budget-match", action="store_true",
                    help="ftlr/llrd: one run per grid value instead of as many runs in all as BioTune's search "
                         "makes at these settings (the default, for equal compute)")

@@ -124,12 +124,14 @@ def cmd_compare(args) -> int:
     if fractions and not all(0 < f <= 1 for f in fractions):
         raise BioTuneError(f"--fractions must be in (0, 1], got {args.fractions!r}")
     options = CompareOptions(lora_rank=args.lora_rank, sp_alpha=args.sp_alpha, sp_beta=args.sp_beta,
-                             sp_kernels_only=args.sp_kernels_only, budget_match=not args.no_budget_match)
+                             sp_kernels_only=args.sp_kernels_only, budget_match=not args.no_budget_match,
+                             tune_baselines=args.tune_baselines)
     if args.dry_run:
         from ..compare import estimate_compare
 
         plans = estimate_compare(split(args.datasets), split(args.methods), runs=args.runs, out=args.out, config=config,
-                             runtime=runtime_config(args), fractions=fractions)
+                             runtime=runtime_config(args), fractions=fractions,
+                             tune_baselines=args.tune_baselines)
         print(f"settings (preset {args.preset}):")
         print("\n".join(line for line in settings_lines(args, config) if ".dataset" not in line))
         low = high = 0.0

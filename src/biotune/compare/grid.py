@@ -28,8 +28,6 @@ from .._files import atomic_write_bytes, slug
 from .._registry import STRATEGIES
 from ..config import RunConfig, RuntimeConfig
 from ..errors import BioTuneError
-from ..models.blocks import partition_model, trainable_percent
-from ..models.build import build_model
 from ..search.engines import make_engine
 from ..search.evolution import batch_sizes
 from ..search.final import Selection, select_final
@@ -41,12 +39,12 @@ from ..search.report import block_table, plot_convergence, plot_heatmap
 from ..search.study import TrialStore, gene_names
 from ..training.estimate import Estimate, estimate_runs, measure_speed
 from ..training.executor import make_executor
-from ..training.session import FINAL_SEEDS, SEARCH_SEEDS, Compute, RunRequest, Session, SessionSpec, training_seeds
-from ..training.trainer import FineTuner
-from .baselines import BASELINES, baseline_plan, lora_model
+from ..training.session import FINAL_SEEDS, SEARCH_SEEDS, Compute, Session, SessionSpec, training_seeds
+from .baselines import BASELINES, Knobs, default_knobs
 from .figures import plot_cost
-from .tables import accuracy_table, compute_table, to_csv, to_latex, to_markdown, trainable_table
-from .tuned import TUNED
+from .tables import accuracy_table, compute_table, distance_table, to_csv, to_latex, to_markdown, trainable_table
+from .perform import perform_baseline
+from .tuned import TUNED, tune_baseline
 
 __all__ = ["METHODS", "SEARCHES", "CellRecord", "CompareOptions", "compare", "estimate_compare"]
 
@@ -60,17 +58,46 @@ METHODS = (*BASELINES, *TUNED, *SEARCHES)
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """Settings of the baselines (the search and training settings come from the RunConfig)."""
+    """Settings of the baselines (the search and training settings come from the RunConfig).
 
-    lora_rank: int = 8
-    sp_alpha: float = 0.1
-    sp_beta: float = 0.01
+    Attributes:
+        lora_rank, sp_alpha, sp_beta: replace the defaults of :data:`~biotune.compare.baselines.DEFAULT_KNOBS`
+            (LoRA's rank, with alpha = rank; the -SP weights of L1-SP and L2-SP) when set.
+        sp_kernels_only: -SP penalises only kernels (tensors of 2 or more dimensions).
+        budget_match: ftlr/llrd tune with as many runs as BioTune's search makes (else one run per value).
+        tune_baselines: every baseline chooses its own knobs on validation at ftlr's compute
+            (:func:`~biotune.compare.tuned.tune_baseline`); its cells are labelled ``<method> (tuned)``.
+    """
+
+    lora_rank: int | None = None
+    sp_alpha: float | None = None
+    sp_beta: float | None = None
     sp_kernels_only: bool = False
-    budget_match: bool = True  # ftlr/llrd tune with as many runs as BioTune's search makes
+    budget_match: bool = True
+    tune_baselines: bool = False
+
+    def knobs(self, method: str) -> Knobs:
+        """The method's default knobs with this comparison's overrides."""
+        knobs = default_knobs(method)
+        if method == "lora" and self.lora_rank is not None:
+            knobs = knobs.replace(rank=int(self.lora_rank), lora_alpha=float(self.lora_rank))
+        if method in ("l1sp", "l2sp"):
+            knobs = knobs.replace(alpha=knobs.alpha if self.sp_alpha is None else float(self.sp_alpha),
+                                  beta=knobs.beta if self.sp_beta is None else float(self.sp_beta))
+        return knobs
+
+
+TUNED_SUFFIX = " (tuned)"
+
+
+def label(method: str, tuned: bool) -> str:
+    """A method's name in the tables: a tuned baseline is ``"<method> (tuned)"``."""
+    return method + TUNED_SUFFIX if tuned else method
 
 
 def _key(record: dict) -> tuple:
-    return (record["dataset"], record["method"], int(record["run"]), record.get("fraction"))
+    return (record["dataset"], record["method"], int(record["run"]), record.get("fraction"),
+            bool(record.get("tuned", False)))
 
 
 def _read_ledger(path: Path) -> dict[tuple, dict]:
@@ -92,15 +119,15 @@ def _append(path: Path, record: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def _grid(datasets, methods, runs: int, fractions) -> list[tuple]:
-    """Every (dataset, method, run, fraction) cell, after checking the methods and sizes."""
+def _grid(datasets, methods, runs: int, fractions, tune_baselines: bool = False) -> list[tuple]:
+    """Every (dataset, method, run, fraction, tuned) cell, after checking the methods and sizes."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise BioTuneError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     if not datasets or not methods or runs < 1:
         raise BioTuneError("--datasets and --methods must not be empty and --runs must be at least 1")
-    grid = [(d, m, r, None) for d in datasets for m in methods for r in range(runs)]
-    return grid + [(d, "biotune", r, float(f)) for f in (fractions or ()) for d in datasets for r in range(runs)]
+    grid = [(d, m, r, None, tune_baselines and m in BASELINES) for d in datasets for m in methods for r in range(runs)]
+    return grid + [(d, "biotune", r, float(f), False) for f in (fractions or ()) for d in datasets for r in range(runs)]
 
 
 def compare(
@@ -129,7 +156,7 @@ def compare(
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
     options = options or CompareOptions()
-    grid = _grid(datasets, methods, runs, fractions)
+    grid = _grid(datasets, methods, runs, fractions, options.tune_baselines)
     out = Path(out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,8 +173,8 @@ def compare(
             cfg = config if fraction is None else config.replace(search={"fraction": fraction})
             session = Session.prepare(cfg.model, dataclasses.replace(cfg.data, dataset=dataset), cfg.train,
                                       n_folds=cfg.search.n_folds, seed=cfg.search.seed, runtime=runtime)
-            for _, method, run, frac in todo:
-                cell = _Cell(dataset, method, run, frac, cfg.search.seed + run)
+            for _, method, run, frac, tuned in todo:
+                cell = _Cell(dataset, method, run, frac, cfg.search.seed + run, tuned)
                 record = _run_one(session, cell, cfg, runtime, options, out)
                 _append(ledger, record)
                 done[_key(record)] = record
@@ -155,7 +182,9 @@ def compare(
                 if on_progress is not None:
                     on_progress(finished, len(grid), f"{dataset} {method} run {run}")
     records = [done[g] for g in grid if g in done]
-    _write_outputs(out, records, list(datasets), list(methods), fractions, config.train.metric)
+    shown = [dict(r, method=label(r["method"], r.get("tuned", False))) for r in records]
+    names = [label(m, options.tune_baselines and m in BASELINES) for m in methods]
+    _write_outputs(out, shown, list(datasets), names, fractions, config.train.metric)
     return records
 
 
@@ -168,15 +197,17 @@ def estimate_compare(
     config: RunConfig | None = None,
     runtime: RuntimeConfig | None = None,
     fractions: Sequence[float] | None = None,
+    tune_baselines: bool = False,
 ) -> list[tuple[str, int, Estimate]]:
     """For each dataset: the cells still to run and their measured time estimate; writes nothing.
 
     A baseline cell is one fine-tuning run on the full training set; a search cell is its
-    search plus its top-k final runs (one seed each).
+    search plus its top-k final runs (one seed each); a tuned baseline or competitor is its
+    tuning runs on the search's folds plus one final run.
     """
     config = config or RunConfig()
     runtime = runtime or RuntimeConfig()
-    grid = _grid(datasets, methods, runs, fractions)
+    grid = _grid(datasets, methods, runs, fractions, tune_baselines)
     done = _read_ledger(Path(out).expanduser() / "runs.jsonl")
     plans = []
     for dataset in datasets:
@@ -186,12 +217,12 @@ def estimate_compare(
         speed = measure_speed(session, runtime)
         t = session.splits
         total = None
-        for _, method, _, fraction in todo:
+        for _, method, _, fraction, tuned in todo:
             one = dict(runs=1, train_images=len(t.y_train), val_images=len(t.y_val),
                        test_images=len(t.y_test), epochs=config.train.epochs, patience=config.train.patience)
-            if method in BASELINES or method == "lpft":
+            if (method in BASELINES and not tuned) or method == "lpft":
                 cell = estimate_runs(speed, **one)
-            elif method in TUNED:  # a grid search with the search's runs on folds, then one final run
+            elif method in TUNED or tuned:  # a grid search with the search's runs on folds, then one final run
                 s = config.search
                 runs = sum(batch_sizes(s.population, s.elites, s.generations)) * s.seeds
                 cell = estimate_runs(speed, **one, search_runs=runs,
@@ -206,13 +237,14 @@ def estimate_compare(
 
 @dataclass(frozen=True)
 class _Cell:
-    """One (dataset, method, run, fraction) of the grid and its seeds (run r: the search seed + r)."""
+    """One (dataset, method, run, fraction, tuned) of the grid and its seeds (run r: the search seed + r)."""
 
     dataset: str
     method: str
     run: int
     fraction: float | None
     seed: int
+    tuned: bool = False
 
     @property
     def final_seed(self) -> int:
@@ -229,10 +261,11 @@ class CellRecord:
         val_accuracy, test_accuracy: the final run's best validation accuracy and its test accuracy there.
         failure: why the final run diverged, or ``None``.
         compute: training runs, epochs, images and seconds the method used (search included).
-        trainable_percent: share of the model's parameters it trained.
+        trainable_percent: share of the model's parameters it trained (averaged over the epochs run).
         seconds: wall time of the cell.
         details: what the method adds: LoRA's excluded layers; a tuned competitor's grid and choice; a
-            search's strategy, genes, multipliers, candidates and search compute.
+            search's strategy, genes, multipliers, candidates and search compute; a baseline's knobs.
+        tuned: a baseline whose knobs were chosen on validation (``--tune-baselines``).
     """
 
     dataset: str
@@ -247,10 +280,13 @@ class CellRecord:
     trainable_percent: float
     seconds: float
     details: dict = field(default_factory=dict)
+    tuned: bool = False
 
     def to_dict(self) -> dict:
         head = {"dataset": self.dataset, "method": self.method, "run": self.run, "fraction": self.fraction,
                 "seed": self.seed}
+        if self.tuned:
+            head["tuned"] = True
         return {**head, **self.details, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "failure": self.failure, "compute": self.compute, "trainable_percent": self.trainable_percent,
                 "seconds": self.seconds}
@@ -268,33 +304,25 @@ def _run_one(session: Session, cell: _Cell, config: RunConfig, runtime: RuntimeC
     else:
         result, percent, details = _searched(session, cell, config, runtime, out)
     return CellRecord(cell.dataset, cell.method, cell.run, cell.fraction, cell.final_seed, **result,
-                      trainable_percent=percent, seconds=time.perf_counter() - start, details=details).to_dict()
+                      trainable_percent=percent, seconds=time.perf_counter() - start, details=details,
+                      tuned=cell.tuned).to_dict()
 
 
 def _baseline(session: Session, cell: _Cell, config: RunConfig, options: CompareOptions) -> tuple[dict, float, dict]:
-    """A baseline's one run: its result, its trainable share, what it adds to the record."""
-    blocks, tuner, details = session.blocks, session.finetuner, {}
-    if cell.method == "lora":
-        pm = build_model(config.model.name, session.pretrained.num_classes, weights=config.model.weights,
-                         seed=config.search.seed)
-        lm = lora_model(pm.model, partition_model(pm.model, config.model.granularity, partition=config.model.partition),
-                        options.lora_rank)
-        # Every runtime option kept; the prefix cache off (its entries name the original model's weights).
-        tuner = FineTuner(lm.model, lm.blocks, config.train, tuner.device,
-                          dataclasses.replace(tuner.options, cache_memory=0, cache_dir=None))
-        lrs, regime = (0.0, config.train.lr), None
-        # Share of the original model: the adapters are parameters it did not have.
-        percent = 100.0 * lm.blocks[1].num_params / sum(b.num_params for b in blocks)
-        details["lora_excluded"] = list(lm.excluded)
+    """A baseline's final run (after tuning its knobs when the cell is tuned): result, trainable share, details."""
+    if cell.tuned:
+        done, tuning = tune_baseline(session, config, cell.method, cell.seed, cell.final_seed,
+                                     kernels_only=options.sp_kernels_only)
     else:
-        setup = baseline_plan(cell.method, tuner.model, blocks, tuner.initial_state, config.train.lr,
-                              alpha=options.sp_alpha, beta=options.sp_beta, kernels_only=options.sp_kernels_only)
-        lrs, regime = setup.lrs, setup.regime
-        percent = trainable_percent(blocks, setup.trainable)
-    outcome = session.perform(RunRequest(tuple(lrs), None, cell.final_seed), finetuner=tuner, regime=regime)
+        knobs = options.knobs(cell.method)
+        done = perform_baseline(session, config, cell.method, knobs, None, cell.final_seed,
+                                kernels_only=options.sp_kernels_only)
+        tuning = Compute()
+        done.details["knobs"] = knobs.to_dict()
+    outcome = done.outcome
     result = {"val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
-              "failure": outcome.failure, "compute": Compute.of([outcome]).to_dict()}
-    return result, percent, details
+              "failure": outcome.failure, "compute": (tuning + Compute.of([outcome])).to_dict()}
+    return result, done.trainable_percent, done.details
 
 
 def _searched(session: Session, cell: _Cell, config: RunConfig, runtime: RuntimeConfig,
@@ -357,9 +385,15 @@ def _write_outputs(out: Path, records: list[dict], datasets: list[str], methods:
         table1 = accuracy_table(main, methods, datasets)
         table2 = trainable_table(main, methods, datasets)
         table4 = compute_table(main, methods, datasets)
+        distance = distance_table(main, methods, datasets)
         for stem, table in (("table1_accuracy", table1), ("table2_trainable", table2), ("table4_compute", table4)):
-            note = f"\nMetric: {metric} accuracy ({'mean per-class recall' if metric == 'balanced' else 'top-1'}).\n"
-            atomic_write_bytes(out / f"{stem}.md", (to_markdown(table) + (note if stem == "table1_accuracy" else "")).encode())
+            note = ""
+            if stem == "table1_accuracy":
+                note = f"\nMetric: {metric} accuracy ({'mean per-class recall' if metric == 'balanced' else 'top-1'}).\n"
+                if distance is not None:
+                    note += (f"\nDistance to {distance['reference']} (points of mean test accuracy):\n\n"
+                             + to_markdown(distance))
+            atomic_write_bytes(out / f"{stem}.md", (to_markdown(table) + note).encode())
             atomic_write_bytes(out / f"{stem}.csv", to_csv(table).encode())
             atomic_write_bytes(out / f"{stem}.tex", to_latex(table).encode())
         points: dict[str, dict[str, tuple[float, float]]] = {}

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..search.final import mean_and_se
 
-__all__ = ["accuracy_table", "trainable_table", "compute_table", "to_markdown", "to_csv", "to_latex", "Table"]
+__all__ = ["accuracy_table", "distance_table", "ft_reference", "trainable_table", "compute_table", "to_markdown", "to_csv", "to_latex", "Table"]
 
 Table = dict[str, Any]  # {"columns": datasets, "rows": [(method, [cell...])], "bold": {(row, col)}, "footer": ...}
 
@@ -56,6 +56,27 @@ def accuracy_table(runs: Sequence[dict], methods: Sequence[str], datasets: Seque
             "runs": runs_max}
 
 
+def ft_reference(methods: Sequence[str]) -> str | None:
+    """The FT row the other methods are measured against: ``ft``, else ``ft (tuned)``."""
+    return next((m for m in ("ft", "ft (tuned)") if m in methods), None)
+
+
+def distance_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table | None:
+    """Each method's mean test accuracy minus FT's (points), per dataset; ``None`` without FT."""
+    ref = ft_reference(methods)
+    if ref is None:
+        return None
+    cells = _cells(runs, methods, datasets, "test_accuracy")
+    rows = []
+    for m in methods:
+        if m == ref:
+            continue
+        rows.append((m, [None if cells[m, d] is None or cells[ref, d] is None
+                         else 100 * (cells[m, d][0] - cells[ref, d][0]) for d in datasets]))
+    return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "signed",
+            "reference": ref}
+
+
 def trainable_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table:
     """Table II: trainable parameters (% of the model) per method × dataset (mean over runs)."""
     cells = _cells(runs, methods, datasets, "trainable_percent")
@@ -64,11 +85,15 @@ def trainable_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequ
 
 
 def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequence[str]) -> Table:
-    """Compute per run (mean over runs): training runs, epochs, training images, train seconds.
+    """Compute per run (mean over runs): training runs, epochs, training images, train seconds and
+    FTx, the training images over those of the FT cell on the same dataset.
 
-    Searches count their search and final phase; a cell reads e.g. ``34 runs · 98 ep · 410.0k img · 120 s``.
-    Runs recorded before compute accounting existed show ``–``.
+    Searches and tuned methods count their search or tuning and their final run; a cell reads e.g.
+    ``34 runs · 98 ep · 410.0k img · 120 s · 8.2 FTx``. Runs recorded before compute accounting existed show ``–``.
     """
+    ref = ft_reference(methods)
+    ft_images = {d: [r["compute"]["train_images"] for r in runs if r["method"] == ref and r["dataset"] == d
+                     and "compute" in r] for d in datasets}
     rows = []
     for m in methods:
         cells = []
@@ -81,8 +106,10 @@ def compute_table(runs: Sequence[dict], methods: Sequence[str], datasets: Sequen
                                                                       "train_seconds")}
             images = mean["train_images"]
             shown = f"{images / 1e6:.2f}M" if images >= 1e6 else f"{images / 1e3:.1f}k"
+            ftx = (f" · {images / (sum(ft_images[d]) / len(ft_images[d])):.1f} FTx"
+                   if ft_images[d] and sum(ft_images[d]) > 0 else "")
             cells.append(f"{mean['training_runs']:.0f} runs · {mean['epochs']:.0f} ep · "
-                         f"{shown} img · {mean['train_seconds']:.0f} s")
+                         f"{shown} img · {mean['train_seconds']:.0f} s{ftx}")
         rows.append((m, cells))
     return {"columns": list(datasets), "rows": rows, "bold": set(), "footer": None, "kind": "text"}
 
@@ -92,6 +119,8 @@ def _format(value, kind: str, runs: int = 0) -> str:
         return "–"
     if kind == "text":
         return str(value)
+    if kind == "signed":
+        return f"{value:+.2f}"
     if kind == "mean_se":
         mean, se, n = value
         if n == 1 and runs > 1:

@@ -16,12 +16,15 @@ Tuning is budget-matched: with ``budget`` training runs (BioTune's search runs a
 settings), a grid of G values gets ``budget // G`` replicates each; replicate r of every
 value trains on the same fold (r mod n_folds) with the same seed, so values are compared on
 equal terms. G is the grid size, or the budget itself when it is smaller.
+
+``compare --tune-baselines`` tunes each baseline's own knobs the same way (:func:`tune_baseline`,
+grids from :func:`baseline_grid`): at ``ftlr``'s compute, each method at its best.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,8 +34,11 @@ from ..errors import BioTuneError
 from ..search.evolution import batch_sizes
 from ..training.regime import Regime
 from ..training.session import SEARCH_SEEDS, Compute, RunOutcome, RunRequest, Session, training_seeds
+from .baselines import Knobs, default_knobs
+from .perform import BaselineRun, perform_baseline
 
-__all__ = ["TUNED", "Tuning", "lr_grid", "decay_grid", "llrd_multipliers", "tune", "lpft"]
+__all__ = ["TUNED", "Tuning", "baseline_grid", "lr_grid", "decay_grid", "llrd_multipliers", "tune", "tune_baseline",
+           "lpft"]
 
 LR_RANGE = (1e-4, 1e-2)
 DECAYS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -83,14 +89,14 @@ class Tuning:
         compute: the training all tuning runs consumed.
     """
 
-    values: tuple[float, ...]
+    values: tuple[Any, ...]
     val_accuracy: tuple[float, ...]
-    chosen: float
+    chosen: Any
     replicates: int
     compute: Compute
 
 
-def choose(values: Sequence[float], scores: Sequence[Sequence[float]]) -> tuple[float, tuple[float, ...]]:
+def choose(values: Sequence[Any], scores: Sequence[Sequence[float]]) -> tuple[Any, tuple[float, ...]]:
     """The value whose runs have the best mean score (first of equals), and every mean."""
     if not values or len(values) != len(scores):
         raise BioTuneError("a grid search needs one list of scores per value")
@@ -99,9 +105,8 @@ def choose(values: Sequence[float], scores: Sequence[Sequence[float]]) -> tuple[
 
 
 def tune(
-    perform: Callable[[RunRequest], RunOutcome],
-    values: Sequence[float],
-    lrs_of: Callable[[float], Sequence[float]],
+    run: Callable[[Any, int, int], RunOutcome],
+    values: Sequence[Any],
     *,
     budget: int,
     n_folds: int,
@@ -110,8 +115,7 @@ def tune(
     """Grid search of ``values`` on validation with ``budget`` runs (see the module notes).
 
     Args:
-        perform: trains one request (``Session.perform``, or a stub in tests).
-        lrs_of: per-block learning rates for a value.
+        run: trains one value on a fold with a seed, ``run(value, fold, seed)``.
         seeds: one training seed per replicate (at least ``budget // len(values)``).
     """
     replicates = max(1, int(budget) // len(values))
@@ -119,7 +123,7 @@ def tune(
         raise BioTuneError(f"tuning needs {replicates} seeds, got {len(seeds)}")
     scores, outcomes = [], []
     for value in values:
-        runs = [perform(RunRequest(tuple(lrs_of(value)), r % n_folds, int(seeds[r]))) for r in range(replicates)]
+        runs = [run(value, r % n_folds, int(seeds[r])) for r in range(replicates)]
         outcomes += runs
         scores.append([0.0 if o.diverged else o.best_val_accuracy for o in runs])
     chosen, means = choose(values, scores)
@@ -157,7 +161,8 @@ def _grid_tuned(session: Session, config: RunConfig, seed: int, final_seed: int,
     s = config.search
     budget = _search_runs(config) if budget_match else len(grid)
     seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
-    tuning = tune(session.perform, grid, lrs_of, budget=budget, n_folds=s.n_folds, seeds=seeds)
+    run = lambda value, fold, seed: session.perform(RunRequest(tuple(lrs_of(value)), fold, seed))  # noqa: E731
+    tuning = tune(run, grid, budget=budget, n_folds=s.n_folds, seeds=seeds)
     outcome = session.perform(RunRequest(tuple(lrs_of(tuning.chosen)), None, final_seed))
     return {
         "val_accuracy": outcome.best_val_accuracy, "test_accuracy": float(outcome.test_accuracy or 0.0),
@@ -193,3 +198,70 @@ def _lpft(session: Session, config: RunConfig, seed: int, final_seed: int, *, bu
     out = lpft(session, t.lr, final_seed, epochs=t.epochs)
     return {"val_accuracy": out.val_accuracy, "test_accuracy": out.test_accuracy, "failure": out.failure,
             "probe_epochs": out.probe_epochs, "compute": out.compute.to_dict()}
+
+
+#: A tuned baseline moves its rate by these factors around its default (two-knob methods).
+RATE_FACTORS = (1 / 3, 1.0, 3.0)
+#: ... and its second knob by these: -SP's α, LoRA's rank (alpha = rank), gradual unfreezing's pace.
+SECOND_KNOB = {"l1sp": ("alpha", (0.1, 1.0, 10.0)), "l2sp": ("alpha", (0.1, 1.0, 10.0)),
+               "lora": ("rank", (4, 16)), "glf": ("pace", (1 / 3, 2 / 3)), "gfl": ("pace", (1 / 3, 2 / 3))}
+
+
+def baseline_grid(method: str, budget: int) -> tuple[Knobs, ...]:
+    """The knobs a tuned baseline tries, around its defaults, at most ``budget`` of them.
+
+    One-knob methods (FT, LP, AutoRGN: the rate) try up to 7 rates over ×0.1 … ×10 of the
+    default (FT's grid is then :func:`lr_grid`'s at λ = 1e-3); the others try
+    :data:`RATE_FACTORS` × their second knob (:data:`SECOND_KNOB`: α ×0.1/×1/×10, LoRA rank
+    4 or 16, unfreezing pace ⅓ or ⅔). A budget smaller than the grid keeps evenly spread
+    entries, the defaults among them.
+
+    Example:
+        >>> [k.lr_scale for k in baseline_grid("autorgn", 3)]
+        [1.0, 10.0, 100.0]
+        >>> len(baseline_grid("l1sp", 26)), len(baseline_grid("lora", 26))
+        (9, 6)
+    """
+    d = default_knobs(method)
+    if method in SECOND_KNOB:
+        name, values = SECOND_KNOB[method]
+        grid = []
+        for v in values:
+            knob = {"alpha": d.alpha * v} if name == "alpha" else (
+                {"rank": v, "lora_alpha": float(v)} if name == "rank" else {"pace": v})
+            grid += [d.replace(lr_scale=d.lr_scale * f, **knob) for f in RATE_FACTORS]
+    else:
+        n = max(1, min(MAX_LR_POINTS, int(budget)))
+        factors = np.logspace(-1, 1, n) if n > 1 else np.ones(1)
+        grid = [d.replace(lr_scale=float(d.lr_scale * f)) for f in factors]
+    if len(grid) <= budget:
+        return tuple(grid)
+    keep = sorted(set(np.linspace(0, len(grid) - 1, max(1, int(budget))).round().astype(int).tolist()))
+    chosen = [grid[i] for i in keep]
+    if d not in chosen:  # the defaults always among the values tried
+        chosen[len(chosen) // 2] = d
+    return tuple(chosen)
+
+
+def tune_baseline(session: Session, config: RunConfig, method: str, seed: int, final_seed: int, *,
+                  kernels_only: bool = False) -> tuple[BaselineRun, Compute]:
+    """A baseline with its own knobs chosen on validation with ``ftlr``'s runs, then its final run.
+
+    The grid (:func:`baseline_grid`) is searched with as many training runs as BioTune's search
+    makes, on its folds and seeds (:func:`tune`); the chosen knobs train on all training data.
+    Returns the final run (its details hold the choice and the grid with its validation
+    accuracies) and the tuning runs' compute.
+    """
+    budget = _search_runs(config)
+    grid = baseline_grid(method, budget)
+    seeds = training_seeds(seed, SEARCH_SEEDS, max(1, budget // len(grid)))
+
+    def run(knobs: Knobs, fold: int, run_seed: int) -> RunOutcome:
+        return perform_baseline(session, config, method, knobs, fold, run_seed, kernels_only=kernels_only).outcome
+
+    tuning = tune(run, grid, budget=budget, n_folds=config.search.n_folds, seeds=seeds)
+    final = perform_baseline(session, config, method, tuning.chosen, None, final_seed, kernels_only=kernels_only)
+    details = {**final.details, "knobs": tuning.chosen.to_dict(),
+               "grid": [k.to_dict() for k in grid], "grid_val_accuracy": list(tuning.val_accuracy),
+               "replicates": tuning.replicates, "search_compute": tuning.compute.to_dict()}
+    return BaselineRun(final.outcome, final.trainable_percent, details), tuning.compute
