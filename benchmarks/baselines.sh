@@ -7,7 +7,8 @@
 # The grid is split into jobs (arm × dataset × method) run JOBS at a time; each job grows its runs one
 # at a time (--runs 1, 2, ...: compare skips finished cells), so a job cut by DEADLINE (seconds from
 # the start; 0 = none) still leaves whole runs. Resumable: rerun with the same WORK. The arms' ledgers
-# are then merged into OUT/<arm>.jsonl and summarised by baselines.py.
+# are then merged into OUT/<arm>.jsonl and summarised by baselines.py. ONLY (a regex over the job lines,
+# "<arm> <dataset> <methods> [options]") runs a part, e.g. ONLY="^tuned .* (autorgn|lora) ".
 #   on 2 CPU cores: JOBS=2 EXTRA="--threads 1" (hours);  on one GPU: JOBS=16 EXTRA="--threads 1"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ export -f job
   for d in "${DATASETS[@]}"; do echo "ft30 $d ft --epochs 30"; done
   for m in "${BASELINES[@]}"; do for d in "${DATASETS[@]}"; do echo "tuned $d $m --tune-baselines"; done; done
   for d in "${DATASETS[@]}"; do echo "tuned $d biotune"; done
-} | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
+} | grep -E "${ONLY:-.}" | xargs -P "$JOBS" -L 1 bash -c 'job "$@"' _
 
 for arm in defaults ft30 tuned; do
   cat "$WORK/$arm"/*/runs.jsonl > "$OUT/$arm.jsonl" 2>/dev/null || true

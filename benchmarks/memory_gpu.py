@@ -27,7 +27,7 @@ def _npz(path: Path, n: int, classes: int) -> None:
     x = rng.integers(0, 255, (n, 224, 224, 3), dtype=np.uint8)
     y = np.arange(n) % classes
     cut = n // 10
-    np.savez(path, x_train=x[2 * cut:], y_train=y[2 * cut:], x_val=x[:cut], y_val=y[:cut], x_test=x[cut:2 * cut],
+    np.savez(path, classes=np.array([f"class{k}" for k in range(classes)]), x_train=x[2 * cut:], y_train=y[2 * cut:], x_val=x[:cut], y_val=y[:cut], x_test=x[cut:2 * cut],
              y_test=y[cut:2 * cut])
 
 
