@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from ..config import DataConfig, TrainConfig
 from ..errors import BioTuneError, redact_url
 from ..search import format_block_table
+from ..training.memory import format_bytes
 from ._options import explicit_settings, print_plan, runtime_config, search_config, settings_lines, train_overrides
 from ._progress import Progress
 
@@ -60,6 +61,12 @@ def _print_outcome(result, config, args) -> None:
     for failure in best.final_failures:
         print(f"warning: a final run diverged ({failure}); its accuracy is that of its best epoch before, 0 if none")
     print(f"search time                       : {result.search.seconds:.0f} s in this process")
+    total = best.compute["total"]
+    if total.get("ram_peak_bytes"):
+        device = (f", {format_bytes(total['device_peak_bytes'])} of device memory"
+                  if total.get("device_peak_bytes") else "")
+        print(f"measured peak per training process: {format_bytes(total['ram_peak_bytes'])} RAM{device} "
+              f"(the largest of any run; best.json: compute.total)")
     stop = best.search_stop
     if stop.evaluations_pruned:
         label = f"pruned ({stop.pruner})"

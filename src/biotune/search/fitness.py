@@ -91,6 +91,8 @@ class Evaluation:
     images: int = 0
     pruned_seeds: tuple[int, ...] = ()
     curve: tuple[float, ...] = ()
+    ram_peak: int = 0
+    device_peak: int = 0
 
     @property
     def diverged(self) -> bool:
@@ -103,7 +105,7 @@ class Evaluation:
     @property
     def compute(self) -> Compute:
         """Training spent on this evaluation (nothing when it came from the memo)."""
-        return Compute(self.trained, self.epochs, self.images, self.seconds)
+        return Compute(self.trained, self.epochs, self.images, self.seconds, self.ram_peak, self.device_peak)
 
 
 class FitnessEvaluator:
@@ -260,4 +262,6 @@ class FitnessEvaluator:
             images=sum(o.train_images for o in trained),
             pruned_seeds=pruned,
             curve=fitness_curve([o.val_accuracies for o in outcomes], [o.pruned for o in outcomes]),
+            ram_peak=max((o.ram_peak for o in trained), default=0),
+            device_peak=max((o.device_peak for o in trained), default=0),
         )

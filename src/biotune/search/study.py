@@ -91,9 +91,9 @@ def settings_diff(stored: Any, current: Any, path: str = "") -> list[str]:
 
 
 # An evaluation's fields kept as trial user attributes (the fold is written when the trial starts, the
-# curve as intermediate values); pruned_seeds and failure only when set. The one place their names live.
+# curve as intermediate values); pruned_seeds, failure and the memory peaks only when set. The one place their names live.
 _STORED = ("seeds", "accuracies", "seconds", "trained", "diverged_seeds", "epochs", "images", "fitness",
-           "pruned_seeds", "failure")
+           "pruned_seeds", "failure", "ram_peak", "device_peak")
 
 
 def _evaluation_attrs(evaluation: Evaluation) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def _evaluation_attrs(evaluation: Evaluation) -> dict[str, Any]:
     out = {}
     for name in _STORED:
         value = getattr(evaluation, name)
-        if name in ("pruned_seeds", "failure") and not value:
+        if name in ("pruned_seeds", "failure", "ram_peak", "device_peak") and not value:
             continue
         out[name] = list(value) if isinstance(value, tuple) else value
     return out
@@ -123,6 +123,8 @@ def _evaluation_from(attrs: dict[str, Any], value: float | None, curve: tuple[fl
         images=int(attrs.get("images", 0)),
         pruned_seeds=tuple(int(s) for s in attrs.get("pruned_seeds", ())),
         curve=curve,
+        ram_peak=int(attrs.get("ram_peak", 0)),
+        device_peak=int(attrs.get("device_peak", 0)),
     )
 
 

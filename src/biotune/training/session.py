@@ -36,6 +36,7 @@ from ..errors import BioTuneError
 from ..models.blocks import Block, partition_model
 from ..models.build import PretrainedModel, build_model, default_input_size, save_state_dict_file
 from .images import DeviceImages
+from .peak import device_peak, ram_peak, reset_peaks
 from .regime import Regime
 from .trainer import FineTuner, TrainerOptions
 
@@ -129,13 +130,17 @@ class RunOutcome:
     train_images: int = 0
     val_accuracies: tuple[float, ...] = ()
     pruned: bool = False
+    ram_peak: int = 0
+    device_peak: int = 0
 
 
 @dataclass(frozen=True)
 class Compute:
-    """Training compute a method consumed: runs, epochs, training images, wall seconds.
+    """Training compute a method consumed: runs, epochs, training images, wall seconds, and the
+    largest peak of resident and device memory one of its runs reached (bytes, measured in the
+    process that trained it: :mod:`biotune.training.peak`; 0 when not measured).
 
-    Sums with ``+``; ``Compute.of(outcomes)`` counts finished runs.
+    Sums with ``+`` (peaks: the larger); ``Compute.of(outcomes)`` counts finished runs.
 
     Example:
         >>> (Compute(1, 4, 400, 2.0) + Compute(2, 6, 600, 3.0)).runs
@@ -146,22 +151,31 @@ class Compute:
     epochs: int = 0
     images: int = 0
     seconds: float = 0.0
+    ram_peak: int = 0
+    device_peak: int = 0
 
     def __add__(self, other: "Compute") -> "Compute":
         return Compute(self.runs + other.runs, self.epochs + other.epochs, self.images + other.images,
-                       self.seconds + other.seconds)
+                       self.seconds + other.seconds, max(self.ram_peak, other.ram_peak),
+                       max(self.device_peak, other.device_peak))
 
     @classmethod
     def of(cls, outcomes) -> "Compute":
         """The compute of runs (anything with ``epochs_run``, ``train_images``, ``seconds``)."""
         total = cls()
         for o in outcomes:
-            total = total + cls(1, int(o.epochs_run), int(o.train_images), float(o.seconds))
+            total = total + cls(1, int(o.epochs_run), int(o.train_images), float(o.seconds),
+                                int(getattr(o, "ram_peak", 0)), int(getattr(o, "device_peak", 0)))
         return total
 
     def to_dict(self) -> dict:
-        return {"training_runs": self.runs, "epochs": self.epochs, "train_images": self.images,
-                "train_seconds": round(self.seconds, 3)}
+        out = {"training_runs": self.runs, "epochs": self.epochs, "train_images": self.images,
+               "train_seconds": round(self.seconds, 3)}
+        if self.ram_peak:
+            out["ram_peak_bytes"] = self.ram_peak
+        if self.device_peak:
+            out["device_peak_bytes"] = self.device_peak
+        return out
 
 
 @dataclass(frozen=True)
@@ -303,6 +317,7 @@ class Session:
         t = self.splits
         tuner = finetuner or self.finetuner
         final = request.fold is None
+        reset_peaks(tuner.device)
         result = tuner.run(
             request.lrs, t.train, t.val, request.seed,
             keep_best=final, on_epoch=on_epoch, train_index=None if final else t.folds[request.fold], regime=regime,
@@ -325,4 +340,6 @@ class Session:
             train_images=result.train_images,
             val_accuracies=result.val_accuracies,
             pruned=result.pruned,
+            ram_peak=ram_peak(),
+            device_peak=device_peak(tuner.device),
         )
