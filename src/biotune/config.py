@@ -450,6 +450,12 @@ class RuntimeConfig:
             statistics are updated again when a block is recomputed, so results differ slightly.
         auto_batch_size: on out-of-memory, halve the batch size and retry the run instead
             of stopping with an error.
+        memory_limit: memory the run must stay within on this machine, all its processes together
+            (RAM; on CUDA the device's memory), e.g. ``"4G"``; default what is free when it starts.
+            The plan meets it with a smaller evaluation batch, then gradient checkpointing, then a
+            smaller prefix cache, or refuses the run (:mod:`biotune.training.memory`).
+        eval_batch_size: images per evaluation pass (default: twice the training batch); results
+            do not depend on it.
         threads: intra-op CPU threads per process (default: torch's choice locally, the
             cores shared out between processes).
         executor: ``"local"`` (sequential, in this process), ``"processes"`` (one worker
@@ -474,6 +480,8 @@ class RuntimeConfig:
     cache_dir: str | None = None
     grad_checkpointing: bool = False
     auto_batch_size: bool = False
+    memory_limit: str | None = None
+    eval_batch_size: int | None = None
     threads: int | None = None
     executor: str = "local"
     workers: int | None = None
@@ -495,6 +503,18 @@ class RuntimeConfig:
             parse_memory(self.cache_memory)
         except ValueError as err:
             raise BioTuneError(f"`cache_memory`: {err}") from None
+        if self.memory_limit is not None:
+            try:
+                if parse_memory(self.memory_limit) <= 0:
+                    raise ValueError(f"it must be positive, got {self.memory_limit!r}")
+            except ValueError as err:
+                raise BioTuneError(f"`memory_limit`: {err}") from None
+        if self.eval_batch_size is not None:
+            _check_int("eval_batch_size", self.eval_batch_size, 1, 1 << 20)
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return None if self.memory_limit is None else parse_memory(self.memory_limit)
 
     @property
     def cache_bytes(self) -> int:

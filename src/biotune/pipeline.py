@@ -42,6 +42,7 @@ from .search.study import TrialStore, gene_names
 from .training.estimate import Estimate
 from .training.executor import make_executor
 from .training.groups import param_groups
+from .training.memory import apply_fit
 from .training.session import FINAL_SEEDS, SEARCH_SEEDS, Session, SessionSpec, training_seeds
 
 WEIGHTS_DIR = "final_weights"  # best weights of each final candidate, until model/ is written
@@ -207,6 +208,11 @@ def run(
     estimate = estimate_search(session, config, runtime)
     listener.on_estimate(estimate)
     estimate.memory.check()  # a run that cannot fit stops here, before anything is written
+    fitted = apply_fit(runtime, estimate.memory.fit)  # what a memory limit chose, for this process and workers
+    if fitted is not runtime:
+        runtime = fitted
+        spec = dataclasses.replace(spec, runtime=runtime)
+        session.reconfigure(runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config), start=start)
     if budget is not None:
         logger.info(budget.line())

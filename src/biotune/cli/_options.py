@@ -107,6 +107,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="recompute the blocks' activations in the backward pass instead of keeping them (timm's "
                         "gradient checkpointing): less memory at 224 px for ~20-30%% more compute; BatchNorm "
                         "statistics are then updated twice per step, so results differ slightly")
+    g.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="memory the run must stay within on this machine, all its processes together: RAM, or the "
+                        "GPU's memory on CUDA, e.g. 4G (default: what is free when it starts). The plan meets it with "
+                        "a smaller evaluation batch (same results), then gradient checkpointing (more compute), then "
+                        "a smaller prefix cache; a limit even those cannot meet exits 2 naming the smallest that would")
 
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -361,6 +366,7 @@ def runtime_config(args) -> RuntimeConfig:
         device=args.device, data_dir=args.data_dir, channels_last=not args.no_channels_last, amp=not args.no_amp, compile=args.compile,
         cache_memory=args.cache_memory, cache_dir=args.cache_dir, auto_batch_size=args.auto_batch_size,
         grad_checkpointing=args.grad_checkpointing,
+        memory_limit=getattr(args, "memory_limit", None),
         threads=args.threads, executor=args.executor, workers=args.workers,
         devices=devices, ray_address=args.ray_address, workers_per_device=args.workers_per_device,
         progress=not getattr(args, "no_progress", True),

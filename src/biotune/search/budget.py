@@ -54,7 +54,8 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     # Sessions on this machine: the main process's, and each local worker's.
     remote = runtime.executor == "ray" and runtime.ray_address is not None
     sessions = 1 if (runtime.executor == "local" and workers == 1) or remote else 1 + workers
-    estimate = dataclasses.replace(estimate, memory=memory_needs(session, runtime, sessions))
+    estimate = dataclasses.replace(estimate, memory=memory_needs(session, runtime, sessions,
+                                                                 limit=runtime.memory_limit_bytes))
     if s.pruner == "none":
         return estimate
     low, high = expected_saving(s.pruner, t.epochs, batches)

@@ -1,30 +1,52 @@
-"""What a run needs in disk, RAM and device memory, and a refusal before it cannot fit.
+"""What a run needs in disk, RAM and device memory, fitted to a limit, and a refusal before it cannot fit.
 
-The figures are estimated from the model and one measured forward pass, not from a run:
+The per-process figure is **measured**, not derived from layer sizes: with the session prepared,
+one training step of full fine-tuning (the dearest case: every block trains, gradients of every
+weight) and one evaluation pass run at two small batch sizes, and the process's peak (resident
+memory via ``VmHWM``, reset through ``/proc/self/clear_refs``; on CUDA ``max_memory_allocated``)
+gives what a step costs per image and in fixed overhead (:func:`profile_memory`). A run's peak is
+then
+
+    now (the process as prepared: runtime, model, its pristine copy, the mapped data)
+    + Adam's two moments and the best epoch's weights (3 × the weights)
+    + the larger of a training step at the batch size and an evaluation pass at the evaluation batch
+    + the frozen-prefix cache, up to its budget.
+
+Where the peak cannot be reset (not Linux), the activations are estimated from every layer's
+output size instead (an upper bound: in-place layers are counted twice).
+
+**A limit** (``--memory-limit``; default what the machine has free when the run starts, shared by
+every process that holds a session on it) is met by, in this order: a smaller evaluation batch
+(results do not change), timm's gradient checkpointing (activations recomputed in the backward
+pass: ~20–30 % more compute on a GPU, measured 1.9× the time per epoch on a 2-core CPU), a
+smaller prefix cache. When even all three cannot fit, the run is refused, naming the smallest
+limit that would do and what lowers it.
 
 - **store on disk**: the dataset's uint8 images (:mod:`biotune.data.store`), once for all
-  processes and later runs; the operating system caches what it reads of them in RAM,
-  shared by every process (page cache: reclaimable, so it is not counted as needed).
-- **per process** (the main one and each worker): Python, torch and timm; the weights, their
-  pristine copy, gradients and Adam's two moments (full fine-tuning, the dearest case), the best
-  epoch's weights of a final run; the activations of a training batch (every layer's output,
-  kept for the backward pass) and of an evaluation batch; the batch itself; the frozen-prefix
-  cache up to its budget (at most 3x the float size of the images: a prefix's output can be
-  larger than its input). On CUDA the model's share is device memory and the rest RAM.
+  processes and later runs; the operating system caches what it reads of them (page cache:
+  shared and reclaimable, not counted as needed).
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import gc
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ..config import RuntimeConfig
 from ..errors import BioTuneError
+from .peak import device_peak, ram_peak, reset_peaks
 
-__all__ = ["MemoryNeeds", "memory_needs", "format_bytes"]
+__all__ = ["MemoryNeeds", "MemoryProfile", "MemoryFit", "apply_fit", "memory_needs", "profile_memory", "fit_memory",
+           "format_bytes"]
 
 RUNTIME_BYTES = 600 * 2**20  # Python with torch, timm and the libraries loaded (measured: 0.5-0.6 GB RSS)
+OPTIMIZER_COPIES = 3  # Adam's two moments and the best epoch's weights, each the size of the weights
+MARGIN = 0.9  # share of a limit the plan fills
 
 
 def format_bytes(n: float) -> str:
@@ -35,18 +57,96 @@ def format_bytes(n: float) -> str:
 
 
 @dataclass(frozen=True)
+class MemoryProfile:
+    """What one training process holds and what a step adds, measured on it (bytes).
+
+    Attributes:
+        base: the process now (RAM, or allocated device memory on CUDA), session prepared.
+        weights: the model's parameters and buffers.
+        step_fixed, step_per_image: a training step's peak above ``base``: fixed part and per image.
+        ckpt_fixed, ckpt_per_image: the same with gradient checkpointing (None: not measured, or
+            the model has none).
+        eval_per_image: an evaluation pass's peak per image.
+        measured: ``False`` when the figures are estimated from layer output sizes.
+    """
+
+    base: int
+    weights: int
+    step_fixed: int
+    step_per_image: int
+    ckpt_fixed: int | None
+    ckpt_per_image: int | None
+    eval_per_image: int
+    measured: bool = True
+
+    def peak(self, batch: int, eval_batch: int, checkpointing: bool = False, cache: int = 0) -> int:
+        """A run's planned peak in this process at these settings."""
+        fixed, per_image = self.step_fixed, self.step_per_image
+        if checkpointing and self.ckpt_per_image is not None:
+            fixed, per_image = self.ckpt_fixed or 0, self.ckpt_per_image
+        step = fixed + per_image * batch
+        return int(self.base + OPTIMIZER_COPIES * self.weights + max(step, self.eval_per_image * eval_batch) + cache)
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """The settings a limit leaves a run: evaluation batch, checkpointing, prefix cache; and why."""
+
+    eval_batch: int
+    grad_checkpointing: bool
+    cache_bytes: int
+    peak: int
+    changes: tuple[str, ...] = ()
+
+
+def fit_memory(profile: MemoryProfile, limit: int, *, batch: int, eval_batch: int, cache: int,
+               checkpointing: bool = False, can_checkpoint: bool = True) -> MemoryFit | None:
+    """The least costly settings under ``limit`` bytes per process, or ``None`` when nothing fits.
+
+    Tried in order: the evaluation batch halved down to 1 (free: results do not change), then
+    gradient checkpointing (more compute), then the prefix cache shrunk to what is left (slower
+    frozen prefixes). The settings asked for are kept whenever they fit.
+    """
+    ev, ckpt, changes = eval_batch, checkpointing, []
+    if profile.peak(batch, ev, ckpt, cache) <= limit:
+        return MemoryFit(ev, ckpt, cache, profile.peak(batch, ev, ckpt, cache))
+    while ev > 1 and profile.peak(batch, ev, ckpt, cache) > limit:
+        ev = max(1, ev // 2)
+    if ev != eval_batch:
+        changes.append(f"evaluation batch {eval_batch} -> {ev} (same results)")
+    if profile.peak(batch, ev, ckpt, cache) > limit and not ckpt and can_checkpoint \
+            and profile.ckpt_per_image is not None:
+        ckpt = True
+        changes.append("gradient checkpointing on (activations recomputed: ~20-30% more compute on a GPU, "
+                       "about 1.9x the time per epoch on a CPU)")
+    if profile.peak(batch, ev, ckpt, cache) > limit and cache > 0:
+        room = limit - profile.peak(batch, ev, ckpt, 0)
+        new = max(0, int(room))
+        changes.append(f"prefix cache {format_bytes(cache)} -> {format_bytes(new)}")
+        cache = new
+    peak = profile.peak(batch, ev, ckpt, cache)
+    if peak > limit:
+        return None
+    return MemoryFit(ev, ckpt, cache, peak, tuple(changes))
+
+
+@dataclass(frozen=True)
 class MemoryNeeds:
     """A run's memory figures (bytes).
 
     Attributes:
         store: the uint8 images on disk (all splits).
-        ram_per_process: resident memory one training process needs (the store's pages excluded).
+        ram_per_process: resident memory one training process needs at its peak (planned).
         device_per_process: device memory one process needs (0 on the CPU: it is RAM there).
         processes: processes that hold a session on this machine (the main one and local workers).
         ram_available, device_available: what this machine has free now (None: unknown).
         float_copy: what the float32 copy of the dataset held per process before the store (for
             comparison; no longer allocated).
         device: the training device.
+        limit: the limit the plan was fitted to (all processes together; None: what is available).
+        fit: the settings the limit leaves (None: nothing fits).
+        minimum: the smallest limit that would fit (all processes), with every saving applied.
+        measured: whether the per-process figure comes from a measured step.
     """
 
     store: int
@@ -57,33 +157,52 @@ class MemoryNeeds:
     device_available: int | None
     float_copy: int
     device: str
+    limit: int | None = None
+    fit: MemoryFit | None = None
+    minimum: int | None = None
+    measured: bool = False
 
     @property
     def ram_needed(self) -> int:
         return self.ram_per_process * self.processes
 
+    @property
+    def budget(self) -> int | None:
+        """What the run must stay within, all processes together: the limit, else what is free now."""
+        if self.limit is not None:
+            return self.limit
+        return self.device_available if self.device_per_process else self.ram_available
+
     def lines(self) -> list[str]:
         where = "RAM" if not self.device_per_process else f"RAM, plus {format_bytes(self.device_per_process)} " \
                                                             f"of {self.device} memory"
-        return [
-            f"memory: dataset store {format_bytes(self.store)} on disk (uint8, mapped and shared by every process); "
-            f"{format_bytes(self.ram_per_process)} {where} per process x {self.processes} "
-            f"(model, optimiser, batch, activations, prefix cache; the float32 dataset copy of "
-            f"{format_bytes(self.float_copy)} per process is gone)",
+        how = "measured step" if self.measured else "estimated from layer sizes"
+        out = [
+            f"memory: dataset store {format_bytes(self.store)} on disk (uint8, shared by every process); "
+            f"{format_bytes(self.ram_per_process)} {where} per process x {self.processes} at the peak ({how}: "
+            f"model, optimiser, a training step, evaluation, prefix cache)",
         ]
+        if self.fit is not None and self.fit.changes:
+            budget = self.budget
+            out.append(f"memory limit {format_bytes(budget or 0)}: " + "; ".join(self.fit.changes))
+        return out
 
     def problem(self) -> str | None:
-        """Why the run would not fit this machine, naming the figure and what cuts it; None if it fits."""
-        cuts = "a smaller --image-size or --batch-size, fewer --workers-per-device or --workers, or a GPU"
-        if self.ram_available is not None and self.ram_needed > 0.9 * self.ram_available:
-            return (f"the run needs about {format_bytes(self.ram_needed)} of RAM ({self.processes} process(es) x "
-                    f"{format_bytes(self.ram_per_process)}) but {format_bytes(self.ram_available)} is available; "
-                    f"to cut it: {cuts}, or a lower --cache-memory")
-        if self.device_available is not None and self.device_per_process > 0.9 * self.device_available:
-            return (f"the run needs about {format_bytes(self.device_per_process)} of {self.device} memory per process "
-                    f"but {format_bytes(self.device_available)} is free; to cut it: a smaller --image-size or "
-                    "--batch-size, or fewer --workers-per-device")
-        return None
+        """Why the run would not fit, naming the smallest limit that would and what cuts it; None if it fits."""
+        budget = self.budget
+        if budget is None or self.fit is not None:
+            return None
+        cuts = "a smaller --image-size or --batch-size, fewer --workers-per-device or --workers"
+        what = "RAM" if not self.device_per_process else f"{self.device} memory"
+        limit = "--memory-limit" if self.limit is not None else "available"
+        minimum = f"at least {format_bytes(self.minimum)}" if self.minimum else "more"
+        return (f"the run needs {minimum} of {what} ({self.processes} process(es), with a smaller evaluation batch, "
+                f"gradient checkpointing and no prefix cache) but {format_bytes(budget)} is {limit}; "
+                f"to cut it: {cuts}, or a GPU")
+
+    @property
+    def needed(self) -> int:
+        return (self.device_per_process if self.device_per_process else self.ram_per_process) * self.processes
 
     def check(self) -> None:
         """Raise :class:`BioTuneError` with :meth:`problem` when the run would not fit."""
@@ -94,6 +213,17 @@ class MemoryNeeds:
 
 def _model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _resident() -> int:
+    """This process's resident memory now (``VmRSS``), in bytes; 0 when unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 @torch.no_grad()
@@ -121,8 +251,111 @@ def _activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> tuple[int
     return total[0] // n, largest[0] // n
 
 
-def memory_needs(session, runtime: RuntimeConfig, processes: int, *, cache_bytes: int | None = None) -> MemoryNeeds:
-    """The memory figures of training on ``session`` with ``processes`` sessions on this machine."""
+def _trim() -> None:
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``), so that the next
+    measurement starts from what is really in use, not from memory the allocator kept."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is then an underestimate at worst
+        pass
+
+
+def _measure(fn, device: torch.device) -> int | None:
+    """Peak bytes ``fn()`` adds to this process (device memory on CUDA); None when it cannot be reset."""
+    gc.collect()
+    _trim()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        reset_peaks(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, device_peak(device) - before)
+    before = _resident()
+    if not before or not reset_peaks(device):
+        return None
+    fn()
+    return max(0, ram_peak() - before)
+
+
+def _linear(small: int, large: int, b1: int, b2: int) -> tuple[int, int]:
+    """Fixed part and per-image slope through two (batch, bytes) measurements."""
+    per_image = max(0, (large - small) // max(1, b2 - b1))
+    return max(0, small - per_image * b1), per_image
+
+
+def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = None) -> MemoryProfile:
+    """Measure a training step and an evaluation pass of ``tuner``'s model on rows of ``sample``.
+
+    The model's weights, buffers (BatchNorm statistics), trainable flags and checkpointing are
+    left as they were. ``checkpointing``: also measure with gradient checkpointing (default:
+    when the model has it).
+    """
+    model, device = tuner.model, tuner.device
+    weights = _model_bytes(model)
+    can = hasattr(model, "set_grad_checkpointing")
+    checkpointing = can if checkpointing is None else (checkpointing and can)
+    b1, b2 = 2, min(len(sample), 8)
+    if b2 <= b1:
+        b2 = b1 + 1
+    x = sample[:b2]
+    if len(x) < b2:
+        x = torch.cat([x] * (b2 // max(1, len(x)) + 1))[:b2]
+    y = torch.zeros(b2, dtype=torch.long, device=device)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    training = model.training
+    on = bool(tuner.options.grad_checkpointing)
+
+    def step(b: int) -> None:
+        with tuner._autocast():
+            loss = torch.nn.functional.cross_entropy(model(x[:b]), y[:b])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    def evaluate(b: int) -> None:
+        with torch.inference_mode(), tuner._autocast():
+            model(x[:b])
+
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident()
+        if can:
+            model.set_grad_checkpointing(False)
+        model.train()
+        step(b1)  # warm-up: lazily allocated state is not a step's cost
+        s1, s2 = _measure(lambda: step(b1), device), _measure(lambda: step(b2), device)
+        if s1 is None or s2 is None:
+            activations, largest = _activation_bytes(model, x[:2])
+            per_image = activations + 3 * x[0].numel() * 4
+            return MemoryProfile(RUNTIME_BYTES + 2 * weights if device.type != "cuda" else 2 * weights, weights,
+                                 weights, per_image, None, None, 2 * largest, measured=False)
+        ckpt = (None, None)
+        if checkpointing:
+            model.set_grad_checkpointing(True)
+            c1, c2 = _measure(lambda: step(b1), device), _measure(lambda: step(b2), device)
+            ckpt = _linear(c1, c2, b1, b2)
+            model.set_grad_checkpointing(False)
+        model.eval()
+        e1, e2 = _measure(lambda: evaluate(b1), device), _measure(lambda: evaluate(b2), device)
+    finally:
+        model.load_state_dict(state)
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(training)
+        if can:
+            model.set_grad_checkpointing(on)
+    fixed, per_image = _linear(s1, s2, b1, b2)
+    _, eval_per_image = _linear(e1, e2, b1, b2)
+    eval_per_image = max(eval_per_image, e2 // b2)
+    return MemoryProfile(int(base), weights, fixed, per_image, ckpt[0], ckpt[1], eval_per_image)
+
+
+def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int | None = None,
+                 cache_bytes: int | None = None, profile: MemoryProfile | None = None) -> MemoryNeeds:
+    """The memory figures of training on ``session`` with ``processes`` sessions on this machine,
+    fitted to ``limit`` bytes (all processes together; default: what is free now)."""
     import psutil
 
     tuner = session.finetuner
@@ -133,20 +366,30 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, cache_bytes
     size = session.image_size
     per_image_float = 3 * size * size * 4
     float_copy = sum(len(x) for x in images) * per_image_float
-    weights = _model_bytes(tuner.model)
-    sample = t.x_val[:2]
-    activations, largest = _activation_bytes(tuner.model, sample)
-    batch = tuner.batch_size
-    model_side = (6 * weights + activations * batch + 2 * largest * tuner.eval_batch_size
-                  + per_image_float * (batch + tuner.eval_batch_size)
-                  + min(runtime.cache_bytes if cache_bytes is None else cache_bytes, 3 * float_copy))
-    host_side = RUNTIME_BYTES + batch * (store // max(1, sum(len(x) for x in images)))  # the uint8 batch on the host
+    cache = min(runtime.cache_bytes if cache_bytes is None else cache_bytes, 3 * float_copy)
+    profile = profile or profile_memory(tuner, t.x_val[:8])
     ram_available = int(psutil.virtual_memory().available)
-    device_available = None
-    if device.type == "cuda":
-        device_available = int(torch.cuda.mem_get_info(device)[0])
-        ram_per_process, device_per_process = host_side + weights, model_side  # the pristine copy lives with the model
-    else:
-        ram_per_process, device_per_process = host_side + model_side, 0
-    return MemoryNeeds(store, int(ram_per_process), int(device_per_process), processes, ram_available, device_available,
-                      float_copy, str(device))
+    device_available = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
+    available = device_available if device.type == "cuda" else ram_available
+    if device.type != "cuda":  # RAM not yet taken by this process counts as free for it
+        available = available + _resident()
+    budget = limit if limit is not None else available
+    # 10 % of the budget kept for what the plan does not see (measured: the plan is within 5 % of a run's peak)
+    per_process = None if budget is None else int(MARGIN * budget) // max(1, processes)
+    batch = tuner.batch_size
+    asked = dict(batch=batch, eval_batch=tuner.eval_batch_size, cache=cache,
+                 checkpointing=bool(tuner.options.grad_checkpointing))
+    fit = None if per_process is None else fit_memory(profile, per_process, **asked)
+    least = int(profile.peak(batch, 1, profile.ckpt_per_image is not None, 0) * processes / MARGIN)
+    peak = fit.peak if fit is not None else profile.peak(batch, tuner.eval_batch_size, asked["checkpointing"], cache)
+    host = _resident() if device.type == "cuda" else peak
+    return MemoryNeeds(store, int(host), int(peak) if device.type == "cuda" else 0, processes, ram_available,
+                       device_available, float_copy, str(device), limit, fit, int(least), profile.measured)
+
+
+def apply_fit(runtime: RuntimeConfig, fit: MemoryFit | None) -> RuntimeConfig:
+    """The runtime with the settings a fitted limit chose (unchanged when nothing had to change)."""
+    if fit is None or not fit.changes:
+        return runtime
+    return dataclasses.replace(runtime, eval_batch_size=fit.eval_batch, grad_checkpointing=fit.grad_checkpointing,
+                               cache_memory=str(fit.cache_bytes))

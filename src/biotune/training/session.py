@@ -8,6 +8,7 @@ configuration on a fold (search) or on the whole training set scored on test (fi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -245,6 +246,16 @@ class Session:
     def device(self) -> torch.device:
         """Where this session trains."""
         return self.finetuner.device
+
+    def reconfigure(self, runtime: RuntimeConfig) -> None:
+        """Train from now on with ``runtime``'s memory settings (what a memory limit chose: evaluation
+        batch, gradient checkpointing, prefix cache); the
+        model is still the pretrained one, so the new trainer starts from the same weights."""
+        old = self.finetuner
+        options = dataclasses.replace(old.options, grad_checkpointing=runtime.grad_checkpointing,
+                                      eval_batch_size=runtime.eval_batch_size, cache_memory=runtime.cache_bytes)
+        old.model.load_state_dict(old.initial_state)
+        self.finetuner = FineTuner(old.model, old.blocks, old.config, old.device, options)
 
     @classmethod
     def from_spec(cls, spec: SessionSpec) -> "Session":

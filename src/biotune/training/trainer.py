@@ -191,6 +191,7 @@ class TrainerOptions:
             smaller size then sticks); without it, a clear error names the batch size.
         grad_checkpointing: timm's gradient checkpointing of the model's blocks (less activation
             memory, more compute; see :class:`~biotune.config.RuntimeConfig`).
+        eval_batch_size: images per evaluation pass (default :func:`eval_batch_size` of the batch).
     """
 
     channels_last: bool = True
@@ -201,6 +202,7 @@ class TrainerOptions:
     cache_namespace: str = "prefix"
     auto_batch_size: bool = False
     grad_checkpointing: bool = False
+    eval_batch_size: int | None = None
 
     @classmethod
     def of(cls, runtime: RuntimeConfig, device: torch.device, *, namespace: str) -> "TrainerOptions":
@@ -211,7 +213,7 @@ class TrainerOptions:
         return cls(channels_last=runtime.channels_last, amp=runtime.amp, compile=runtime.compile,
                    cache_memory=runtime.cache_bytes, cache_dir=runtime.cache_dir,
                    cache_namespace=f"{namespace}-{layout}{bf16}", auto_batch_size=runtime.auto_batch_size,
-                   grad_checkpointing=runtime.grad_checkpointing)
+                   grad_checkpointing=runtime.grad_checkpointing, eval_batch_size=runtime.eval_batch_size)
 
 
 class FineTuner:
@@ -256,7 +258,7 @@ class FineTuner:
         self.amp = bool(options.amp) and device.type == "cuda"
         self.auto_batch_size = options.auto_batch_size
         self.batch_size = config.batch_size
-        self.eval_batch_size = eval_batch_size(config.batch_size)
+        self.eval_batch_size = options.eval_batch_size or eval_batch_size(config.batch_size)
         if options.grad_checkpointing:
             if not hasattr(self.model, "set_grad_checkpointing"):
                 raise BioTuneError(f"{type(self.model).__name__} has no gradient checkpointing (timm's "

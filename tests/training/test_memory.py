@@ -1,0 +1,82 @@
+"""A memory limit: measured figures, the cheapest settings that fit, and a clear refusal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from biotune.cli import main
+from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from biotune.training.memory import MemoryProfile, apply_fit, fit_memory, memory_needs, profile_memory
+from biotune.training.session import RunRequest, Session
+
+GB = 2**30
+PROFILE = MemoryProfile(base=1 * GB, weights=100 * 2**20, step_fixed=0, step_per_image=50 * 2**20, ckpt_fixed=0,
+                        ckpt_per_image=20 * 2**20, eval_per_image=10 * 2**20)
+
+
+def test_the_limit_is_met_by_the_evaluation_batch_first_then_checkpointing_then_the_cache():
+    asked = dict(batch=64, eval_batch=512, cache=1 * GB)
+    train_step = 64 * 50 * 2**20  # 3.2 GB; the evaluation of 512 images: 5 GB
+    base = GB + 3 * 100 * 2**20
+    roomy = fit_memory(PROFILE, 10 * GB, **asked)
+    assert (roomy.eval_batch, roomy.grad_checkpointing, roomy.cache_bytes, roomy.changes) == (512, False, GB, ())
+    smaller_eval = fit_memory(PROFILE, base + train_step + GB, **asked)
+    assert smaller_eval.eval_batch == 256 and not smaller_eval.grad_checkpointing and smaller_eval.cache_bytes == GB
+    ckpt = fit_memory(PROFILE, base + train_step, **asked)  # no room for the cache without checkpointing
+    assert ckpt.grad_checkpointing and ckpt.cache_bytes == GB and ckpt.peak <= base + train_step
+    no_cache = fit_memory(PROFILE, base + 64 * 20 * 2**20 + GB // 2, **asked)
+    assert no_cache.grad_checkpointing and no_cache.cache_bytes == GB // 2
+    assert [c.split()[0] for c in no_cache.changes] == ["evaluation", "gradient", "prefix"]
+    assert fit_memory(PROFILE, base + 64 * 20 * 2**20 - 1, **asked) is None
+
+
+def _session(size: int = 64) -> Session:
+    return Session.prepare(ModelConfig(name="test_efficientnet", weights="random"),
+                           DataConfig(dataset="digits", image_size=size), TrainConfig(epochs=1, batch_size=64),
+                           n_folds=1, seed=0, runtime=RuntimeConfig())
+
+
+def test_profile_leaves_the_model_as_it_was_and_checkpointing_costs_less_per_image():
+    session = _session(96)
+    tuner = session.finetuner
+    before = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+    profile = profile_memory(tuner, session.splits.x_val[:8])
+    after = tuner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
+    if not profile.measured:
+        pytest.skip("this kernel refuses to reset the peak: the figures are estimates")
+    assert profile.step_per_image > profile.eval_per_image > 0
+    assert profile.ckpt_per_image is not None and profile.ckpt_per_image < profile.step_per_image
+
+
+def test_a_limit_too_small_exits_2_names_the_minimum_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["search", "--model", "test_efficientnet", "--weights", "random", "--image-size", "16",
+                 "--epochs", "1", "--population", "2", "--elites", "1", "--generations", "1", "--memory-limit", "50M",
+                 "--run-dir", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not enough memory" in err and "at least" in err and "--memory-limit" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_limit_that_forces_checkpointing_is_met_and_trains_the_same():
+    session = _session(96)
+    profile = profile_memory(session.finetuner, session.splits.x_val[:8])
+    if not profile.measured:
+        pytest.skip("this kernel refuses to reset the peak")
+    plain, ckpt = profile.peak(64, 1), profile.peak(64, 1, checkpointing=True)
+    assert ckpt < plain
+    limit = int((plain + ckpt) / 2 / 0.9)  # the plan fills 90 %: below the plain step, above the checkpointed one
+    runtime = RuntimeConfig(cache_memory="0")
+    needs = memory_needs(session, runtime, 1, limit=limit, profile=profile)
+    assert needs.fit is not None and needs.fit.grad_checkpointing and needs.problem() is None
+    lrs = (1e-3,) * len(session.blocks)
+    session.reconfigure(apply_fit(runtime, needs.fit))
+    assert session.finetuner.options.grad_checkpointing and session.finetuner.eval_batch_size == needs.fit.eval_batch
+    run = session.perform(RunRequest(lrs, None, 0))
+    assert run.ram_peak <= limit  # the measured peak keeps to the limit
+    session.reconfigure(runtime)  # the same run without checkpointing: the same training, to float tolerance
+    plain_run = session.perform(RunRequest(lrs, None, 0))
+    assert run.best_val_accuracy == pytest.approx(plain_run.best_val_accuracy, abs=0.02)
