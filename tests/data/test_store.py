@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from biotune.data.rows import FileRows
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def test_an_npz_is_stored_once_mapped_and_keeps_its_content_and_fingerprint(smal
     memory = load_dataset(str(small_npz))
     stored = load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=224)
     again = load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=64)  # 8 px < both sizes: one store
-    assert len(writes) == 1 and isinstance(again.x_train, np.memmap)
+    assert len(writes) == 1 and isinstance(again.x_train, FileRows)
     assert np.array_equal(np.asarray(again.x_train), memory.x_train) and np.array_equal(again.y_test, memory.y_test)
     assert again.fingerprint() == memory.fingerprint()  # the memo and cache keys do not move
     os.utime(small_npz, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: written again
@@ -142,11 +144,11 @@ def test_a_run_that_cannot_fit_refuses_before_anything_is_written(tmp_path, monk
     assert code == 2 and "not enough memory" in capsys.readouterr().err and not (tmp_path / "cli").exists()
 
 
-def test_the_plan_states_disk_ram_and_what_the_float_copy_was(capsys):
+def test_the_plan_states_disk_and_the_ram_peak_per_process(capsys):
     code = main(["search", "--model", "test_efficientnet", "--weights", "random", "--image-size", "64", "--dry-run",
                  "--preset", "quick"])
     out = capsys.readouterr().out
-    assert code == 0 and "memory: dataset store" in out and "RAM per process" in out and "float32 dataset copy" in out
+    assert code == 0 and "memory: dataset store" in out and "RAM per process" in out and "at the peak" in out
 
 
 def test_augmentation_is_off_by_default_and_bypasses_the_prefix_cache(small_npz, tmp_path):
@@ -171,3 +173,25 @@ def test_augment_crops_and_flips_each_image_on_its_device_reproducibly():
     full = augment(batch, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     assert all(torch.allclose(f, x, atol=1e-4) or torch.allclose(f, x.flip(-1), atol=1e-4)
                for f, x in zip(full, batch))  # the whole image, flipped or not
+
+
+def _resident() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_reading_a_stored_split_leaves_its_pages_out_of_resident_memory(tmp_path):
+    if not _resident():
+        pytest.skip("no /proc/self/status here")
+    rows = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(1024, 256, 256, 3))
+    rows[::37] = 7  # 192 MB written through a map that is then closed
+    del rows
+    images = FileRows(tmp_path / "x.npy")
+    before = _resident()
+    for start in range(0, len(images), 64):  # an epoch, batch by batch
+        batch = images[np.arange(start, start + 64)]
+        assert batch.shape == (64, 256, 256, 3)
+    assert (images[[37, 0, 1]][:, 0, 0, 0] == [7, 7, 0]).all()
+    assert _resident() - before < 64 * 2**20  # a map would have added the 192 MB it read

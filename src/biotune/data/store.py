@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import BioTuneError
 from .listing import Listing, Problems, read_ref
 from .readers import ImageDataset
+from .rows import FileRows
 
 __all__ = ["STORE_VERSION", "store_path", "open_npz", "open_listing", "decode_listing", "open_stored", "source_signature",
            "report_lines"]
@@ -70,7 +71,7 @@ def _read(folder: Path, meta: dict | None = None) -> ImageDataset:
     arrays, groups = {}, {}
     for split in _SPLITS:
         if (folder / f"x_{split}.npy").is_file():
-            arrays[split] = (np.load(folder / f"x_{split}.npy", mmap_mode="r"), np.load(folder / f"y_{split}.npy"))
+            arrays[split] = (FileRows(folder / f"x_{split}.npy"), np.load(folder / f"y_{split}.npy"))
         if (folder / f"g_{split}.npy").is_file():
             groups[split] = np.load(folder / f"g_{split}.npy")
     val = arrays.get("val")
@@ -201,7 +202,7 @@ def _streamed_fingerprint(ds: ImageDataset) -> str:
     h = hashlib.sha1()
     for arr in ds._hashed():
         h.update(str(arr.shape).encode())
-        if isinstance(arr, np.memmap):
+        if isinstance(arr, (np.memmap, FileRows)):
             with open(arr.filename, "rb") as fh:
                 fh.seek(arr.offset)
                 left = arr.nbytes
