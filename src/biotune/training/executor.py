@@ -18,7 +18,10 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import secrets
+import shutil
 import signal
+import tempfile
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -263,9 +266,17 @@ class RayExecutor(Executor):
         self._owns = False
         if gpus is None:
             gpus = 1.0 if spec.runtime.resolve_device().type == "cuda" else 0.0
+        self._credentials: _PrivateCredentials | None = None
+        _quiet_raylet_reports(ray)
         if not ray.is_initialized():
-            self._owns = _connect(ray, address, num_cpus=None if address else
-                                  (workers or _local_ray_workers(threads, gpus)) * threads, gpus=gpus)
+            if address is None:
+                self._credentials = _PrivateCredentials()
+            try:
+                self._owns = _connect(ray, address, num_cpus=None if address else
+                                      (workers or _local_ray_workers(threads, gpus)) * threads, gpus=gpus)
+            except BaseException:
+                self._forget_credentials()
+                raise
         if workers is None:
             workers = _ray_concurrency(ray, threads, gpus)
         self.workers = max(1, workers)
@@ -324,6 +335,81 @@ class RayExecutor(Executor):
         if self._owns and self._ray.is_initialized():
             self._ray.shutdown()
             self._owns = False
+        self._forget_credentials()
+
+    def _forget_credentials(self) -> None:
+        if self._credentials is not None:
+            self._credentials.remove()
+            self._credentials = None
+
+
+class _PrivateCredentials:
+    """The private local instance's authentication token, kept in a temporary folder of this run.
+
+    ``ray.init()`` of a new local instance turns token authentication on and, without a token,
+    writes one to ``~/.ray/auth_token``; from then on every cluster started by hand on the machine
+    (``ray start``) requires it, and a second node started without it is refused. Pointing Ray at a
+    token of our own (``RAY_AUTH_TOKEN_PATH``, mode ``token``) keeps the home folder as it was found;
+    the environment is restored and the token removed when the instance stops.
+    """
+
+    _VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+
+    def __init__(self) -> None:
+        self._saved = {k: os.environ.get(k) for k in self._VARS}
+        self.folder = tempfile.mkdtemp(prefix="biotune-ray-auth-")
+        path = os.path.join(self.folder, "auth_token")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = path
+        self._refresh()
+
+    @staticmethod
+    def _refresh() -> None:
+        """Make this process's Ray see the environment (what Ray does itself when it turns token mode on)."""
+        try:
+            from ray._raylet import AuthenticationTokenLoader, Config
+        except ImportError:  # a Ray without token authentication: nothing to refresh
+            return
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    def remove(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._refresh()
+
+
+_RAYLET_DIED = "Raylet is terminated"
+
+
+def _quiet_raylet_reports(ray) -> None:
+    """Keep Ray's report of a dead raylet (its last 20 log lines, published to the driver and
+    printed to the terminal by Ray's error listener, once per reporting process) out of the
+    terminal: :meth:`RayExecutor._check_nodes` says it in one line per lost node. The report goes
+    to this module's logger at debug level instead; every other message Ray prints is kept.
+    Wraps ``ray._private.worker.print_to_stdstream`` (no public switch exists), once."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_biotune_quiet", False):
+        return
+
+    def print_to_stdstream(data, *args, **kwargs):
+        lines = data.get("lines") or []
+        if data.get("pid") == "raylet" and any(_RAYLET_DIED in str(line) for line in lines):
+            logger.debug("Ray's report of a dead raylet: %s", "\n".join(map(str, lines)))
+            return None
+        return original(data, *args, **kwargs)
+
+    print_to_stdstream._biotune_quiet = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 _NODE_POLL_SECONDS = 2.0  # how often the run loop looks for lost nodes while it waits

@@ -1,0 +1,109 @@
+"""Ray as users start it by hand (``ray start``): the private instance leaves their set-up as found,
+and a node whose raylet is killed with SIGKILL costs one warning line, not Ray's log dump."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from servers import free_port
+
+from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
+from biotune.training.executor import RayExecutor
+from biotune.training.session import RunRequest, SessionSpec
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
+
+SPEC = SessionSpec(ModelConfig(name="test_efficientnet", weights="random"), DataConfig(dataset="digits", image_size=16),
+                   TrainConfig(epochs=1, batch_size=64), 1, 0, RuntimeConfig(threads=1))
+
+
+def _env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)  # ~/.ray of this test, not the machine's
+    return env
+
+
+@contextmanager
+def hand_started_cluster(home: Path, worker_resources: str = '{"worker_node": 1}'):
+    """``ray start --head`` and ``ray start --address`` on 127.0.0.1, as a user types them; yields the address."""
+    env, port = _env(home), free_port()
+    address = f"127.0.0.1:{port}"
+    try:
+        subprocess.run(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                        "--include-dashboard=false"], env=env, check=True, capture_output=True, timeout=180)
+        worker = subprocess.run(["ray", "start", f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                                 f"--resources={worker_resources}"], env=env, capture_output=True, text=True, timeout=180)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        yield address, env
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _alive_nodes(address: str, env: dict) -> int:
+    code = f"import ray; ray.init(address={address!r}); print(sum(n['Alive'] for n in ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_private_instance_leaves_home_as_found_and_a_hand_started_cluster_still_forms(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    from biotune.training.session import Session
+
+    session = Session.from_spec(SPEC)
+    executor = RayExecutor(SPEC, workers=1)
+    token_folder = executor._credentials.folder
+    try:
+        done = []
+        executor.run([RunRequest((1e-3,) * len(session.blocks), 0, 0)], lambda i, o: done.append(o))
+        assert len(done) == 1 and done[0].best_val_accuracy > 0
+    finally:
+        executor.close()
+    assert not (home / ".ray" / "auth_token").exists()  # the credentials lived in the run's temporary space
+    assert not Path(token_folder).exists() and "RAY_AUTH_MODE" not in os.environ
+    with hand_started_cluster(home) as (address, env):
+        assert _alive_nodes(address, env) == 2
+
+
+def _worker_raylet() -> int:
+    """PID of the second node's raylet (``ray start --address``: its socket is ``raylet.1``)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[1].endswith("/raylet") and "sockets/raylet.1" in line:
+            return int(parts[0])
+    raise AssertionError("the worker node's raylet is not running")
+
+
+def test_a_killed_ray_start_node_costs_one_warning_line(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    with hand_started_cluster(home) as (address, env):
+        log = tmp_path / "search.log"
+        args = [sys.executable, "-m", "biotune", "search", "--model", "test_efficientnet", "--weights", "random",
+                "--image-size", "16", "--epochs", "3", "--patience", "3", "--population", "4", "--elites", "1",
+                "--generations", "2", "--seeds", "1", "--final-runs", "1", "--top-k", "1", "--threads", "1",
+                "--executor", "ray", "--ray-address", address, "--run-dir", str(tmp_path / "run"), "--no-progress"]
+        with open(log, "w") as out:
+            search = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.time() + 240
+            while time.time() < deadline and "estimated wall time" not in log.read_text() and search.poll() is None:
+                time.sleep(1)
+            time.sleep(15)  # the search trains on both nodes
+            assert search.poll() is None, log.read_text()[-3000:]
+            os.kill(_worker_raylet(), signal.SIGKILL)
+            assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert text.count("Ray lost node") == 1, text[-3000:]
+    assert "Raylet is terminated" not in text and "state-dump" not in text, text[-3000:]
