@@ -163,3 +163,27 @@ def test_a_generation_cut_by_the_time_limit_is_not_told_and_a_resume_runs_only_w
     full = run_search(make_engine("tpe", 3, search, 0), evaluator, TrialStore(uninterrupted_url, "s", names, {}))
     assert [r.evaluation.fitness for r in resumed.history] == [r.evaluation.fitness for r in full.history]
     assert resumed.best_genes == full.best_genes
+
+
+def test_the_plans_advice_names_only_changes_that_change_something():
+    from biotune.config import PRESETS, RunConfig
+    from biotune.search.budget import _advice
+    from biotune.training.estimate import Estimate, Speed
+
+    speed = Speed(train=0.01, eval=0.001, device="cpu", search_train=0.01)
+
+    def price(cfg, fold):  # seconds grow with the search's evaluations, epochs and fold size
+        s, t = cfg.search, cfg.train
+        seconds = s.population * s.generations * t.epochs * fold * 0.01
+        return Estimate(0, 0, 0, t.epochs, t.patience, seconds / 2, seconds, speed)
+
+    quick = RunConfig().replace(**PRESETS["quick"])
+    est = price(quick, 400)
+    lines = _advice(quick, est, price, 400, "cpu")
+    assert not any("--preset quick" in line for line in lines)  # already the preset in use
+    assert any(line.startswith("--fraction") for line in lines) and any("--time-limit" in line for line in lines)
+    balanced = RunConfig().replace(**PRESETS["balanced"])
+    lines = _advice(balanced, price(balanced, 800), price, 800, "cpu")
+    assert any(line.startswith("--preset quick: about") for line in lines)
+    narrow = quick.replace(search={"fraction": 0.1})
+    assert not any(line.startswith("--fraction") for line in _advice(narrow, est, price, 160, "cuda"))

@@ -41,16 +41,21 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
                                     search_train=speed.search_train * share)
     s, t = config.search, config.train
     batches = batch_sizes(s.population, s.elites, s.generations)
-    evaluations = sum(batches)
-    n_train = len(session.splits.x_train)
     fold = session.splits.largest_fold
-    estimate = estimate_runs(
-        speed, runs=s.top_k * (s.final_runs if final_seeds is None else final_seeds), train_images=n_train,
-        val_images=len(session.splits.x_val), test_images=len(session.splits.x_test),
-        epochs=t.epochs, patience=t.patience, workers=workers,
-        evaluations=evaluations, search_batches=[b * s.seeds for b in batches],
-        search_runs=evaluations * s.seeds, search_train_images=fold,
-    )
+
+    def price(cfg: RunConfig, fold_images: int) -> Estimate:
+        cs, ct = cfg.search, cfg.train
+        cb = batch_sizes(cs.population, cs.elites, cs.generations)
+        return estimate_runs(
+            speed, runs=cs.top_k * (cs.final_runs if final_seeds is None else final_seeds),
+            train_images=len(session.splits.x_train), val_images=len(session.splits.x_val),
+            test_images=len(session.splits.x_test), epochs=ct.epochs, patience=ct.patience, workers=workers,
+            evaluations=sum(cb), search_batches=[b * cs.seeds for b in cb], search_runs=sum(cb) * cs.seeds,
+            search_train_images=fold_images,
+        )
+
+    estimate = price(config, fold)
+    estimate = dataclasses.replace(estimate, advice=_advice(config, estimate, price, fold, device))
     # Sessions on this machine: the main process's, and each local worker's.
     remote = runtime.executor == "ray" and runtime.ray_address is not None
     sessions = 1 if (runtime.executor == "local" and workers == 1) or remote else 1 + workers
@@ -64,6 +69,31 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
             f"epochs (the first generation is never pruned), about {format_seconds(low * search[1])} – "
             f"{format_seconds(high * search[1])} of the time above")
     return dataclasses.replace(estimate, notes=estimate.notes + (note,))
+
+
+def _advice(config: RunConfig, estimate: Estimate, price, fold: int, device: str) -> tuple[str, ...]:
+    """What would shorten the job, each priced like the plan; only changes that change something."""
+    from ..config import PRESETS
+
+    span = lambda e: f"{format_seconds(e.low)} – {format_seconds(e.high)}"  # noqa: E731
+    out = []
+    quick = config.replace(**PRESETS["quick"])
+    if quick.to_dict() != config.to_dict():
+        priced = price(quick, fold)
+        if priced.high < 0.9 * estimate.high:
+            out.append(f"--preset quick: about {span(priced)}")
+    s = config.search
+    if s.fraction > 0.1:
+        smaller = round(s.fraction / 2, 3)
+        priced = price(config.replace(search={"fraction": smaller}), max(1, int(fold * smaller / s.fraction)))
+        out.append(f"--fraction {smaller:g} (now {s.fraction:g}: the search trains on half as many images): "
+                   f"about {span(priced)}")
+    half = estimate.high / 2
+    out.append(f"--time-limit {format_seconds(half).replace(' ', '')}: the search stops when its next generation and "
+               f"the final phase would not fit (its first generation always runs) and delivers the best it has")
+    if device == "cpu":
+        out.append("a GPU (--device cuda)")
+    return tuple(out)
 
 
 @dataclass

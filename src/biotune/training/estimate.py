@@ -70,6 +70,8 @@ class Estimate:
         notes: further lines the plan prints (e.g. the expected saving of pruning).
         memory: what the job needs in disk, RAM and device memory (:mod:`biotune.training.memory`).
         epoch_images: training images of one epoch of a search run and of a final run.
+        advice: what would make the job shorter, each with its own estimate (the planner's, which
+            knows the settings; only changes that change something).
     """
 
     evaluations: int
@@ -88,6 +90,7 @@ class Estimate:
     notes: tuple[str, ...] = ()
     memory: Any = None
     epoch_images: tuple[int, int] = (0, 0)
+    advice: tuple[str, ...] = ()
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.evaluations + other.evaluations, self.search_runs + other.search_runs,
@@ -118,8 +121,8 @@ class Estimate:
             if problem:
                 out.append(f"will not fit: {problem}")
         if self.long_on_cpu:
-            out.append("this can take more than an hour on the CPU; to cut it: a GPU (--device cuda), a smaller "
-                       "--image-size, --preset quick, or a smaller --fraction")
+            out.append("this can take more than an hour on the CPU; to cut it: "
+                       + "; ".join(self.advice or ("a GPU (--device cuda)", "a smaller --image-size")))
         return out
 
 
