@@ -32,12 +32,20 @@ def _child(dataset: str, size: int, data: str, limit: str, threads: int) -> None
     session = Session.prepare(ModelConfig("efficientnet_lite0"), DataConfig(dataset, image_size=size),
                               TrainConfig(epochs=1, patience=1, batch_size=64), n_folds=1, seed=0, runtime=runtime)
     needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes)
+    refused = needs.problem()
+    if refused and needs.batch_that_fits:  # what the refusal proposes, measured
+        print(json.dumps({"refused": refused}), flush=True)
+        session = Session.prepare(ModelConfig("efficientnet_lite0"), DataConfig(dataset, image_size=size),
+                                  TrainConfig(epochs=1, patience=1, batch_size=needs.batch_that_fits), n_folds=1, seed=0,
+                                  runtime=runtime)
+        needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes)
     fitted = apply_fit(runtime, needs.fit)
     if fitted is not runtime:
         session.reconfigure(fitted)
     outcome = session.perform(RunRequest((1e-3,) * len(session.blocks), None, training_seeds(0, FINAL_SEEDS, 1)[0]))
     tuner = session.finetuner
     print(json.dumps({"plan": needs.ram_per_process, "measured": outcome.ram_peak, "seconds": outcome.seconds,
+                      "batch": tuner.batch_size, "refused": refused,
                       "eval_batch": tuner.eval_batch_size, "grad_checkpointing": tuner.options.grad_checkpointing,
                       "cache": tuner.options.cache_memory, "changes": list(needs.fit.changes) if needs.fit else None,
                       "val_accuracy": outcome.best_val_accuracy}))
@@ -68,7 +76,9 @@ def main() -> None:
             print(f"memory-plan: {name} failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
             continue
         r = results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"memory-plan: {name} plan={r['plan'] / 2**30:.2f} measured={r['measured'] / 2**30:.2f} "
+        if r["refused"]:
+            print(f"memory-plan: {name} refused at batch 64: {r['refused']}", flush=True)
+        print(f"memory-plan: {name} batch={r['batch']} plan={r['plan'] / 2**30:.2f} measured={r['measured'] / 2**30:.2f} "
               f"ratio={r['plan'] / r['measured']:.2f} seconds={r['seconds']:.0f} settings=eval batch {r['eval_batch']}, "
               f"checkpointing {r['grad_checkpointing']}, cache {r['cache'] / 2**20:.0f} MB"
               + (f" ({'; '.join(r['changes'])})" if r["changes"] else ""), flush=True)

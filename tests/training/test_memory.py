@@ -60,6 +60,15 @@ def test_a_limit_too_small_exits_2_names_the_minimum_and_writes_nothing(tmp_path
     assert not out.exists()
 
 
+def test_a_refusal_names_the_batch_size_that_would_fit():
+    session = _session(96)
+    profile = profile_memory(session.finetuner, session.splits.x_val[:8])
+    limit = int(profile.peak(16, 1, checkpointing=True) / 0.9) + 2**20  # room for batch 16, not 64
+    needs = memory_needs(session, RuntimeConfig(cache_memory="0"), 1, limit=limit, profile=profile)
+    assert needs.fit is None and needs.batch_that_fits in (16, 32)
+    assert f"--batch-size {needs.batch_that_fits}" in needs.problem()
+
+
 @pytest.mark.slow
 def test_a_limit_that_forces_checkpointing_is_met_and_trains_the_same():
     session = _session(96)

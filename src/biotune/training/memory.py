@@ -147,6 +147,8 @@ class MemoryNeeds:
         fit: the settings the limit leaves (None: nothing fits).
         minimum: the smallest limit that would fit (all processes), with every saving applied.
         measured: whether the per-process figure comes from a measured step.
+        batch_that_fits: when nothing fits at this batch size, the largest power-of-two batch
+            size that would, with every saving applied (None: none, or not needed).
     """
 
     store: int
@@ -161,6 +163,7 @@ class MemoryNeeds:
     fit: MemoryFit | None = None
     minimum: int | None = None
     measured: bool = False
+    batch_that_fits: int | None = None
 
     @property
     def ram_needed(self) -> int:
@@ -193,6 +196,8 @@ class MemoryNeeds:
         if budget is None or self.fit is not None:
             return None
         cuts = "a smaller --image-size or --batch-size, fewer --workers-per-device or --workers"
+        if self.batch_that_fits:
+            cuts = f"--batch-size {self.batch_that_fits} (it fits this limit), a smaller --image-size, fewer workers"
         what = "RAM" if not self.device_per_process else f"{self.device} memory"
         limit = "--memory-limit" if self.limit is not None else "available"
         minimum = f"at least {format_bytes(self.minimum)}" if self.minimum else "more"
@@ -380,11 +385,16 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     asked = dict(batch=batch, eval_batch=tuner.eval_batch_size, cache=cache,
                  checkpointing=bool(tuner.options.grad_checkpointing))
     fit = None if per_process is None else fit_memory(profile, per_process, **asked)
-    least = int(profile.peak(batch, 1, profile.ckpt_per_image is not None, 0) * processes / MARGIN)
+    can_ckpt = profile.ckpt_per_image is not None
+    least = int(profile.peak(batch, 1, can_ckpt, 0) * processes / MARGIN)
+    smaller = None
+    if fit is None and per_process is not None:
+        smaller = next((b for b in (2 ** k for k in range(int(batch).bit_length(), -1, -1))
+                        if b < batch and profile.peak(b, 1, can_ckpt, 0) <= per_process), None)
     peak = fit.peak if fit is not None else profile.peak(batch, tuner.eval_batch_size, asked["checkpointing"], cache)
     host = _resident() if device.type == "cuda" else peak
     return MemoryNeeds(store, int(host), int(peak) if device.type == "cuda" else 0, processes, ram_available,
-                       device_available, float_copy, str(device), limit, fit, int(least), profile.measured)
+                       device_available, float_copy, str(device), limit, fit, int(least), profile.measured, smaller)
 
 
 def apply_fit(runtime: RuntimeConfig, fit: MemoryFit | None) -> RuntimeConfig:
