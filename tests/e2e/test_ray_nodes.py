@@ -53,9 +53,8 @@ def _alive_nodes(address: str, env: dict) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_private_instance_leaves_home_as_found_and_a_hand_started_cluster_still_forms(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
+def _private_instance_run(home: Path, monkeypatch) -> None:
+    """One run on a private local instance with ``home`` as the home folder; checks what it leaves."""
     monkeypatch.setenv("HOME", str(home))
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -72,8 +71,6 @@ def test_the_private_instance_leaves_home_as_found_and_a_hand_started_cluster_st
         executor.close()
     assert not (home / ".ray" / "auth_token").exists()  # the credentials lived in the run's temporary space
     assert not Path(token_folder).exists() and "RAY_AUTH_MODE" not in os.environ
-    with hand_started_cluster(home) as (address, env):
-        assert _alive_nodes(address, env) == 2
 
 
 def _worker_raylet() -> int:
@@ -86,10 +83,13 @@ def _worker_raylet() -> int:
     raise AssertionError("the worker node's raylet is not running")
 
 
-def test_a_killed_ray_start_node_costs_one_warning_line(tmp_path):
+def test_after_a_private_instance_a_hand_started_cluster_forms_and_a_killed_node_costs_one_line(tmp_path,
+                                                                                              monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
+    _private_instance_run(home, monkeypatch)
     with hand_started_cluster(home) as (address, env):
+        assert _alive_nodes(address, env) == 2  # the second node was not refused for a missing token
         log = tmp_path / "search.log"
         args = [sys.executable, "-m", "biotune", "search", "--model", "test_efficientnet", "--weights", "random",
                 "--image-size", "16", "--epochs", "3", "--patience", "3", "--population", "4", "--elites", "1",
