@@ -215,6 +215,7 @@ def run(
         session.reconfigure(runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config), start=start)
     if budget is not None:
+        budget.check()  # a limit below one evaluation and one final run: refused before anything is written
         logger.info(budget.line())
     path = _resolve_run_dir(run_dir, config, session.dataset_name)
     document = _config_document(config, session, runtime, path, storage)
@@ -292,6 +293,8 @@ def plan(config: RunConfig | None = None, *, runtime: RuntimeConfig | None = Non
     }
     estimate = estimate_search(session, config, runtime)
     budget = None if limit is None else TimeBudget(limit, estimate, _generation_runs(config))
+    if budget is not None:
+        budget.check()
     return SearchPlan(resolved, estimate, budget, session.reading)
 
 
@@ -330,7 +333,7 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
         )
         result = run_search(engine, evaluator, store, listener=listener, budget=budget,
                             pruner=Pruner(s.pruner, config.train.epochs))
-        selection = _final(path, session, executor, config, result, listener)
+        selection = _final(path, session, executor, config, result, listener, budget)
         stop = SearchStop(
             stopped_by=result.stopped_by,
             generations_done=len(result.generations),
@@ -353,19 +356,29 @@ def _run_in(path, config, spec, session, store, runtime, listener, budget=None) 
     return RunResult(path, result, selection, session.blocks, outcome)
 
 
-def _final(path, session, executor, config, result, listener) -> Selection:
+def _final(path, session, executor, config, result, listener, budget: TimeBudget | None = None) -> Selection:
     """Fine-tune the top-k configurations and choose on validation; finished runs are kept in
-    final_runs.json (one entry per run, with its genes), so a resumed run repeats none."""
+    final_runs.json (one entry per run, with its genes), so a resumed run repeats none. Under a
+    time limit the phase shrinks to what is left: fewer seeds, then fewer candidates (the best
+    first), at least the best candidate once."""
     s = config.search
     write_history_csv(path / "history.csv", result.history, gene_names([b.name for b in session.blocks]))
     plot_convergence(path / "convergence.png", result.generations)
     candidates = [r.genes for r in result.top(s.top_k)]
+    final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
+    if budget is not None:
+        fit = budget.final_runs_that_fit(len(candidates) * len(final_seeds))
+        if fit < len(candidates) * len(final_seeds):
+            final_seeds = final_seeds[:max(1, min(len(final_seeds), fit // max(1, len(candidates))))]
+            candidates = candidates[:max(1, fit // len(final_seeds))]
+            logger.warning("time limit: the final phase runs %d candidate(s) x %d seed(s) to fit what is left",
+                           len(candidates), len(final_seeds))
     final_path = path / "final_runs.json"
     done: dict[tuple, FinalRun] = {}
     if final_path.is_file():
         for item in json.loads(final_path.read_text()):
             genes = tuple(item.pop("genes"))
-            if genes in candidates:
+            if genes in candidates and item["seed"] in final_seeds:
                 done[(genes, item["seed"])] = FinalRun(**item)
     finished = [(g, r) for (g, _), r in done.items()]
 
@@ -374,7 +387,6 @@ def _final(path, session, executor, config, result, listener) -> Selection:
         write_json(final_path, [{**r.to_dict(), "genes": list(g)} for g, r in finished])
         listener.on_final_run(run_)
 
-    final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
     listener.on_final_start(len(candidates) * len(final_seeds) - len(done))
     return select_final(
         executor, candidates, session.blocks, base_lr=config.train.lr, seeds=final_seeds, done=done,

@@ -68,30 +68,55 @@ def test_generation_zero_always_runs_and_parallel_workers_count_in_whole_rounds(
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_its_time_limit_finishes_with_the_best_it_has(tmp_path, capsys):
+def test_a_short_limit_cuts_the_first_generation_and_the_final_phase_and_still_delivers(tmp_path, monkeypatch):
     config = RunConfig().replace(
         model={"name": "test_efficientnet", "weights": "random"}, data={"image_size": 16},
         train={"epochs": 1, "patience": 1, "batch_size": 64},
-        search={"population": 3, "elites": 1, "generations": 2, "seeds": 1, "final_runs": 1, "top_k": 2},
+        search={"population": 3, "elites": 1, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 2},
     )
+    monkeypatch.setattr(TimeBudget, "minimum", lambda self: 0.0)  # let a limit shorter than one run through
     result = run(config, run_dir=tmp_path / "limited", runtime=RuntimeConfig(threads=1), time_limit="1s")
     assert result.search.stopped_by == "time limit"
-    assert len(result.search.generations) == 1  # only the first generation, which always runs
     best = json.loads((tmp_path / "limited" / "best.json").read_text())
-    assert best["search_stop"] == {"stopped_by": "time limit", "generations_done": 1, "generations_planned": 3,
-                                   "time_limit_seconds": 1.0, "pruner": "median",
-                                   "evaluations_pruned": 0, "evaluations": 3}
-    assert (tmp_path / "limited" / "model" / "model.safetensors").is_file()  # the final phase still delivers
+    stop = best["search_stop"]
+    assert stop["evaluations"] == 1 and stop["generations_done"] == 0  # the first evaluation only
+    assert len(best["candidates"]) == 1 and len(best["test_accuracies"]) == 1  # the final phase: 1 run, not 2 x 2
+    assert (tmp_path / "limited" / "model" / "model.safetensors").is_file()  # a model is still delivered
+
+
+def test_the_first_generation_runs_one_evaluation_whatever_the_clock():
+    from biotune.search.loop import _after_first
+
+    gate = _after_first(2, lambda: False)
+    assert [gate() for _ in range(4)] == [True, True, False, False]
+
+
+def test_the_final_phase_shrinks_to_what_is_left_and_a_limit_below_one_run_is_refused(monkeypatch):
+    from biotune.errors import BioTuneError
+
+    clock = _Clock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    budget = TimeBudget(12.0, _estimate(), (4, 3, 3), start=0.0)  # final phase: 2 runs, 4 s in all
+    assert budget.final_runs_that_fit(2) == 2
+    clock.now = 9.5  # 2.5 s left: one final run of 2 s fits
+    assert budget.final_runs_that_fit(2) == 1
+    clock.now = 11.9
+    assert budget.final_runs_that_fit(2) == 1  # never none: the best candidate runs once
+    assert budget.minimum() == pytest.approx(1.0 + 2.0)  # one search run and one final run, to their last epoch
+    with pytest.raises(BioTuneError, match="at least 3 s"):
+        TimeBudget(2.0, _estimate(), (4, 3, 3)).check()
 
 
 def test_cli_time_limit_in_the_plan_and_a_bad_one_refused(tmp_path, capsys):
     args = ["search", "--model", "test_efficientnet", "--weights", "random", "--image-size", "16", "--epochs", "1",
             "--population", "3", "--elites", "1", "--generations", "2", "--run-dir", str(tmp_path / "r")]
     assert main([*args, "--time-limit", "3h", "--dry-run"]) == 0
-    assert "time limit: 3.0 h for the search and its final phase: by the estimate 3 of 3 generations fit" in \
+    assert "time limit: 3.0 h for the search and its final phase: by the estimate 3 of 3 generations and all" in \
         capsys.readouterr().out
     assert main([*args, "--time-limit", "soon"]) == 2
     assert "`time_limit`: not a duration: 'soon'" in capsys.readouterr().err
+    assert main([*args, "--time-limit", "0.01s"]) == 2  # below one evaluation and one final run
+    assert "is below what one search evaluation and one final run need here: at least" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -126,17 +151,20 @@ def test_a_generation_cut_by_the_time_limit_is_not_told_and_a_resume_runs_only_w
             acc = 0.5 + 0.1 * float(np.mean(request.lrs) > 0.001)
             return RunOutcome(acc, 1, 1, 0.0, False, train_images=10, val_accuracies=(acc,))
 
-    class Budget:  # generations always allowed; within them, the first `runs` starts only
+    class Budget:  # generations always allowed; generation 0 fits; after it, the first `runs` starts only
         def __init__(self, runs):
-            self.left = runs
+            self.left, self.generation = runs, 0
 
         def allows(self, generation):
+            self.generation = generation
             return True
 
         def observe(self, generation, seconds):
             pass
 
         def may_start(self):
+            if self.generation == 0:
+                return True
             self.left -= 1
             return self.left >= 0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import RunConfig, RuntimeConfig
+from ..errors import BioTuneError
 from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
 from ..training.memory import memory_needs
@@ -151,6 +152,26 @@ class TimeBudget:
         run = self.observed_round or self.estimate.round_seconds[1]
         return time.perf_counter() - self.start + run + self._final() <= self.limit
 
+    def final_runs_that_fit(self, planned: int) -> int:
+        """Final runs (of ``planned``) that fit what is left, at least 1: the final phase shrinks to the limit."""
+        if planned <= 0:
+            return 0
+        per_run = self._final() / planned
+        left = self.limit - (time.perf_counter() - self.start)
+        return max(1, min(planned, int(left // per_run) if per_run > 0 else planned))
+
+    def minimum(self) -> float:
+        """The least a limit must allow: one search evaluation and one final run, each to its last epoch."""
+        final_runs = max(1, self.estimate.final_runs)
+        return self.estimate.round_seconds[1] + self.estimate.final_seconds[1] / final_runs
+
+    def check(self) -> None:
+        """Refuse a limit below :meth:`minimum`, naming it."""
+        if self.limit < self.minimum():
+            raise BioTuneError(f"--time-limit {format_seconds(self.limit)} is below what one search evaluation and "
+                               f"one final run need here: at least {format_seconds(self.minimum())} "
+                               "(or a smaller --fraction, --epochs or --image-size)")
+
     def fitting_generations(self) -> int:
         """Generations that fit the limit by the estimate alone (for the plan)."""
         used, n = self.estimate.final_seconds[1], 0
@@ -162,6 +183,18 @@ class TimeBudget:
         return n
 
     def line(self) -> str:
+        e = self.estimate
+        final = e.final_seconds[1]
+        first = rounds(self.generation_runs[0], e.workers) * e.round_seconds[1] if self.generation_runs else 0.0
+        if first + final <= self.limit:
+            leaves = (f"{self.fitting_generations()} of {len(self.generation_runs)} generations and all "
+                      f"{e.final_runs} final runs fit")
+        else:
+            per_round = e.round_seconds[1] or 1.0
+            per_final = final / max(1, e.final_runs)
+            final_fit = max(1, min(e.final_runs, int(max(0.0, self.limit - per_round) // per_final)))
+            first_fit = max(1, int(max(0.0, self.limit - final_fit * per_final) // per_round) * max(1, e.workers))
+            leaves = (f"about {min(first_fit, self.generation_runs[0])} of the first generation's "
+                      f"{self.generation_runs[0]} runs and {final_fit} of {e.final_runs} final runs fit")
         return (f"time limit: {format_seconds(self.limit)} for the search and its final phase: by the estimate "
-                f"{self.fitting_generations()} of {len(self.generation_runs)} generations fit (pessimistic: every "
-                "run to its last epoch; the search re-judges after each generation on measured times)")
+                f"{leaves} (pessimistic: every run to its last epoch; the search re-judges on measured times)")

@@ -103,7 +103,11 @@ class SearchResult:
 
     @property
     def initial_mean_fitness(self) -> float:
-        return self.generations[0].mean
+        """Mean fitness of the first generation (of its evaluations that ran, when a time limit cut it)."""
+        if self.generations:
+            return self.generations[0].mean
+        first = [r.evaluation.fitness for r in self.history if r.source != "memo"]
+        return float(np.mean(first)) if first else float("nan")
 
     @property
     def pruned(self) -> int:
@@ -189,8 +193,11 @@ def run_search(
         fold = g % n_folds
         listener.on_generation_start(g, fold, batch)
         checks = (pruner or Pruner("none", 1)).checks(references, offset, len(batch))
-        # Within a generation after the first, a run starts only if it and the final phase still fit.
-        may_start = budget.may_start if budget is not None and asked > 0 else None
+        # A run starts only if it and the final phase still fit; the first generation's first
+        # evaluation always runs, so a search cut by its limit still has a configuration to deliver.
+        may_start = None
+        if budget is not None:
+            may_start = budget.may_start if asked > 0 else _after_first(len(evaluator.seeds), budget.may_start)
         answered = _answer_batch(batch, fold, evaluator, store, stored, listener, checks, may_start)
         records = [r for r in answered if r is not None]
         history.extend(records)
@@ -227,6 +234,17 @@ def run_search(
         seconds=time.perf_counter() - start,
         stopped_by=stopped_by,
     )
+
+
+def _after_first(runs: int, may_start):
+    """``may_start`` that says yes to the first ``runs`` runs (one evaluation) whatever the clock."""
+    asked = [0]
+
+    def gate() -> bool:
+        asked[0] += 1
+        return asked[0] <= runs or may_start()
+
+    return gate
 
 
 def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,

@@ -107,27 +107,36 @@ def fit_memory(profile: MemoryProfile, limit: int, *, batch: int, eval_batch: in
     gradient checkpointing (more compute), then the prefix cache shrunk to what is left (slower
     frozen prefixes). The settings asked for are kept whenever they fit.
     """
-    ev, ckpt, changes = eval_batch, checkpointing, []
+    ev, ckpt = eval_batch, checkpointing
+
+    def shrink_eval(ev: int) -> int:  # only while the evaluation pass is what sets the peak
+        while ev > 1 and profile.peak(batch, ev, ckpt, cache) > limit and \
+                profile.peak(batch, ev, ckpt, cache) > profile.peak(batch, 0, ckpt, cache):
+            ev = max(1, ev // 2)
+        return ev
+
     if profile.peak(batch, ev, ckpt, cache) <= limit:
         return MemoryFit(ev, ckpt, cache, profile.peak(batch, ev, ckpt, cache))
-    while ev > 1 and profile.peak(batch, ev, ckpt, cache) > limit:
-        ev = max(1, ev // 2)
-    if ev != eval_batch:
-        changes.append(f"evaluation batch {eval_batch} -> {ev} (same results)")
+    ev = shrink_eval(ev)
     if profile.peak(batch, ev, ckpt, cache) > limit and not ckpt and can_checkpoint \
             and profile.ckpt_per_image is not None:
         ckpt = True
-        changes.append("gradient checkpointing on (activations recomputed: ~20-30% more compute on a GPU, "
-                       "about 1.9x the time per epoch on a CPU)")
+        ev = shrink_eval(ev)
+    new_cache = cache
     if profile.peak(batch, ev, ckpt, cache) > limit and cache > 0:
-        room = limit - profile.peak(batch, ev, ckpt, 0)
-        new = max(0, int(room))
-        changes.append(f"prefix cache {format_bytes(cache)} -> {format_bytes(new)}")
-        cache = new
-    peak = profile.peak(batch, ev, ckpt, cache)
+        new_cache = max(0, int(limit - profile.peak(batch, ev, ckpt, 0)))
+    peak = profile.peak(batch, ev, ckpt, new_cache)
     if peak > limit:
         return None
-    return MemoryFit(ev, ckpt, cache, peak, tuple(changes))
+    changes = []
+    if ev != eval_batch:
+        changes.append(f"evaluation batch {eval_batch} -> {ev} (same results)")
+    if ckpt != checkpointing:
+        changes.append("gradient checkpointing on (activations recomputed: ~20-30% more compute on a GPU, "
+                       "about 1.9x the time per epoch on a CPU)")
+    if new_cache != cache:
+        changes.append(f"prefix cache {format_bytes(cache)} -> {format_bytes(new_cache)}")
+    return MemoryFit(ev, ckpt, new_cache, peak, tuple(changes))
 
 
 @dataclass(frozen=True)
