@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from biotune.data.rows import FileRows
+from biotune.training.peak import resident
 import pytest
 import torch
 
@@ -175,23 +176,16 @@ def test_augment_crops_and_flips_each_image_on_its_device_reproducibly():
                for f, x in zip(full, batch))  # the whole image, flipped or not
 
 
-def _resident() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def test_reading_a_stored_split_leaves_its_pages_out_of_resident_memory(tmp_path):
-    if not _resident():
+    if not resident():
         pytest.skip("no /proc/self/status here")
     rows = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(1024, 256, 256, 3))
     rows[::37] = 7  # 192 MB written through a map that is then closed
     del rows
     images = FileRows(tmp_path / "x.npy")
-    before = _resident()
+    before = resident()
     for start in range(0, len(images), 64):  # an epoch, batch by batch
         batch = images[np.arange(start, start + 64)]
         assert batch.shape == (64, 256, 256, 3)
     assert (images[[37, 0, 1]][:, 0, 0, 0] == [7, 7, 0]).all()
-    assert _resident() - before < 64 * 2**20  # a map would have added the 192 MB it read
+    assert resident() - before < 64 * 2**20  # a map would have added the 192 MB it read

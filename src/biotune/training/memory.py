@@ -33,13 +33,12 @@ import ctypes
 import dataclasses
 import gc
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..config import RuntimeConfig
 from ..errors import BioTuneError
-from .peak import device_peak, ram_peak, reset_peaks
+from .peak import device_peak, ram_peak, reset_peaks, resident
 
 __all__ = ["MemoryNeeds", "MemoryProfile", "MemoryFit", "apply_fit", "memory_needs", "profile_memory", "fit_memory",
            "format_bytes"]
@@ -229,17 +228,6 @@ def _model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _resident() -> int:
-    """This process's resident memory now (``VmRSS``), in bytes; 0 when unknown."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @torch.no_grad()
 def _activation_bytes(model: torch.nn.Module, sample: torch.Tensor) -> tuple[int, int]:
     """Bytes per image of every leaf module's output (all of them: kept for backward) and of the largest."""
@@ -285,7 +273,7 @@ def _measure(fn, device: torch.device) -> int | None:
         fn()
         torch.cuda.synchronize(device)
         return max(0, device_peak(device) - before)
-    before = _resident()
+    before = resident()
     if not before or not reset_peaks(device):
         return None
     fn()
@@ -334,7 +322,7 @@ def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = 
     try:
         for p in model.parameters():
             p.requires_grad_(True)
-        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else _resident()
+        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else resident()
         if can:
             model.set_grad_checkpointing(False)
         model.train()
@@ -386,7 +374,7 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     device_available = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
     available = device_available if device.type == "cuda" else ram_available
     if device.type != "cuda":  # RAM not yet taken by this process counts as free for it
-        available = available + _resident()
+        available = available + resident()
     budget = limit if limit is not None else available
     # 10 % of the budget kept for what the plan does not see (measured: the plan is within 5 % of a run's peak)
     per_process = None if budget is None else int(MARGIN * budget) // max(1, processes)
@@ -401,7 +389,7 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
         smaller = next((b for b in (2 ** k for k in range(int(batch).bit_length(), -1, -1))
                         if b < batch and profile.peak(b, 1, can_ckpt, 0) <= per_process), None)
     peak = fit.peak if fit is not None else profile.peak(batch, tuner.eval_batch_size, asked["checkpointing"], cache)
-    host = _resident() if device.type == "cuda" else peak
+    host = resident() if device.type == "cuda" else peak
     return MemoryNeeds(store, int(host), int(peak) if device.type == "cuda" else 0, processes, ram_available,
                        device_available, float_copy, str(device), limit, fit, int(least), profile.measured, smaller)
 

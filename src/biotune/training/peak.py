@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["reset_peaks", "ram_peak", "device_peak"]
+__all__ = ["reset_peaks", "ram_peak", "device_peak", "resident", "status_bytes"]
 
 
 def reset_peaks(device: torch.device) -> bool:
@@ -29,14 +29,27 @@ def reset_peaks(device: torch.device) -> bool:
         return False
 
 
-def ram_peak() -> int:
-    """Peak resident memory of this process since the last reset, in bytes."""
+def status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``...) in bytes; 0 where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return 0
+
+
+def resident() -> int:
+    """This process's resident memory now, in bytes (0 when unknown)."""
+    return status_bytes("VmRSS")
+
+
+def ram_peak() -> int:
+    """Peak resident memory of this process since the last reset, in bytes."""
+    peak = status_bytes("VmHWM")
+    if peak:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
