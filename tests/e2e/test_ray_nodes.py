@@ -73,6 +73,19 @@ def _private_instance_run(home: Path, monkeypatch) -> None:
     assert not Path(token_folder).exists() and "RAY_AUTH_MODE" not in os.environ
 
 
+def _finished_trials(db: Path) -> int:
+    """Finished evaluations in a run's study (0 before it exists)."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:  # tables not created yet, or busy
+        return 0
+
+
 def _worker_raylet() -> int:
     """PID of the second node's raylet (``ray start --address``: its socket is ``raylet.1``)."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
@@ -97,10 +110,10 @@ def test_after_a_private_instance_a_hand_started_cluster_forms_and_a_killed_node
                 "--executor", "ray", "--ray-address", address, "--run-dir", str(tmp_path / "run"), "--no-progress"]
         with open(log, "w") as out:
             search = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-            deadline = time.time() + 240
-            while time.time() < deadline and "estimated wall time" not in log.read_text() and search.poll() is None:
-                time.sleep(1)
-            time.sleep(15)  # the search trains on both nodes
+            deadline = time.time() + 300
+            while time.time() < deadline and _finished_trials(tmp_path / "run" / "study.db") < 1 \
+                    and search.poll() is None:
+                time.sleep(0.5)  # until the search has trained on the cluster
             assert search.poll() is None, log.read_text()[-3000:]
             os.kill(_worker_raylet(), signal.SIGKILL)
             assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
