@@ -264,7 +264,6 @@ def _trim() -> None:
 
 def _measure(fn, device: torch.device) -> int | None:
     """Peak bytes ``fn()`` adds to this process (device memory on CUDA); None when it cannot be reset."""
-    gc.collect()
     _trim()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -291,7 +290,7 @@ def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = 
 
     The model's weights, buffers (BatchNorm statistics), trainable flags and checkpointing are
     left as they were. ``checkpointing``: also measure with gradient checkpointing (default:
-    when the model has it).
+    when the model has it; :func:`memory_needs` asks only when a limit may need it).
     """
     model, device = tuner.model, tuner.device
     weights = _model_bytes(model)
@@ -319,6 +318,7 @@ def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = 
         with torch.inference_mode(), tuner._autocast():
             model(x[:b])
 
+    gc.collect()
     try:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -369,7 +369,9 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     per_image_float = 3 * size * size * 4
     float_copy = sum(len(x) for x in images) * per_image_float
     cache = min(runtime.cache_bytes if cache_bytes is None else cache_bytes, 3 * float_copy)
-    profile = profile or profile_memory(tuner, t.x_val[:8])
+    sample = t.x_val[:8]
+    given = profile is not None
+    profile = profile or profile_memory(tuner, sample, checkpointing=False)
     ram_available = int(psutil.virtual_memory().available)
     device_available = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
     available = device_available if device.type == "cuda" else ram_available
@@ -382,6 +384,10 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     asked = dict(batch=batch, eval_batch=tuner.eval_batch_size, cache=cache,
                  checkpointing=bool(tuner.options.grad_checkpointing))
     fit = None if per_process is None else fit_memory(profile, per_process, **asked)
+    if not given and per_process is not None and (fit is None or fit.changes) and profile.ckpt_per_image is None:
+        # the limit binds: measure the checkpointed step too, which a fit may then choose
+        profile = profile_memory(tuner, sample, checkpointing=True)
+        fit = fit_memory(profile, per_process, **asked)
     can_ckpt = profile.ckpt_per_image is not None
     least = int(profile.peak(batch, 1, can_ckpt, 0) * processes / MARGIN)
     smaller = None
