@@ -11,7 +11,7 @@ import torch
 
 from biotune.cli import main
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from biotune.training.memory import MemoryProfile, fit_memory, memory_needs, profile_memory
+from biotune.training.memory import MARGIN, MemoryProfile, fit_memory, memory_needs, profile_memory
 from biotune.training.session import Session
 
 GB = 2**30
@@ -67,7 +67,7 @@ def test_a_limit_too_small_exits_2_names_the_minimum_and_writes_nothing(tmp_path
 def test_a_refusal_names_the_batch_size_that_would_fit():
     session = _session(96)
     profile = profile_memory(session.finetuner, session.splits.x_val[:8])
-    limit = int(profile.peak(16, 1, checkpointing=True) / 0.9) + 2**20  # room for batch 16, not 64
+    limit = int(profile.peak(16, 1, checkpointing=True) / MARGIN) + 2**20  # room for batch 16, not 64
     needs = memory_needs(session, RuntimeConfig(cache_memory="0"), 1, limit=limit, profile=profile)
     assert needs.fit is None and needs.batch_that_fits in (16, 32)
     assert f"--batch-size {needs.batch_that_fits}" in needs.problem()
@@ -76,7 +76,7 @@ def test_a_refusal_names_the_batch_size_that_would_fit():
 FORCED = """
 import json
 from biotune.config import DataConfig, ModelConfig, RuntimeConfig, TrainConfig
-from biotune.training.memory import apply_fit, memory_needs, profile_memory
+from biotune.training.memory import MARGIN, apply_fit, memory_needs, profile_memory
 from biotune.training.peak import ram_peak, reset_peaks
 from biotune.training.session import Session
 
@@ -85,7 +85,7 @@ session = Session.prepare(ModelConfig(name="test_efficientnet", weights="random"
                           n_folds=1, seed=0, runtime=RuntimeConfig())
 profile = profile_memory(session.finetuner, session.splits.x_val[:8])
 plain, ckpt = profile.peak(64, 1), profile.peak(64, 1, checkpointing=True)
-limit = int((plain + ckpt) / 2 / 0.9)  # the plan fills 90 %: below the plain step, above the checkpointed one
+limit = int((plain + ckpt) / 2 / MARGIN)  # the plan fills MARGIN of it: below the plain step, above the checkpointed one
 runtime = RuntimeConfig(cache_memory="0")
 needs = memory_needs(session, runtime, 1, limit=limit, profile=profile)
 lrs = (1e-3,) * len(session.blocks)
