@@ -60,12 +60,20 @@ def test_several_workers_per_device_match_local(tmp_path, local_result):
     assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
 
 
-def test_ray_executor_matches_local(tmp_path, local_result):
+def test_ray_executor_matches_local(tmp_path, local_result, monkeypatch):
     pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra")
     import ray
 
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the user's home, as the private instance must leave it
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
     result = _search(tmp_path, "ray", executor="ray", workers=2)
     assert not ray.is_initialized()  # the local instance it started is stopped again
+    # its credentials lived in the run's temporary space: a cluster started by hand later needs none
+    # (tests/e2e/test_ray_nodes.py starts one on such a home)
+    assert not (home / ".ray" / "auth_token").exists() and "RAY_AUTH_MODE" not in os.environ
     assert result.search.best_genes == local_result.search.best_genes
     assert result.best["fitness"] == local_result.best["fitness"]
     assert result.best["test_accuracies"] == local_result.best["test_accuracies"]
