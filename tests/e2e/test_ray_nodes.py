@@ -21,6 +21,8 @@ pytest.importorskip("ray", reason="the ray executor needs the biotune[ray] extra
 def _env(home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(home)  # ~/.ray of this test, not the machine's
+    # a dead node is declared dead after 3 missed health checks 0.5 s apart: faster than Ray's defaults
+    env.update(RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="3")
     return env
 
 
