@@ -52,6 +52,7 @@ __all__ = ["BASELINES", "DEFAULT_KNOBS", "Knobs", "SPPenalty", "gradual_masks", 
            "default_knobs", "lora_model", "LoraModel", "mean_trainable_share"]
 
 RGN_BATCHES = 5
+GRADUAL_PACE = 2 / 3  # gradual unfreezing: every block unfrozen within the first two thirds of the budget
 
 
 class SPPenalty:
@@ -135,8 +136,8 @@ DEFAULT_KNOBS: dict[str, Knobs] = {
     "lp": Knobs(),
     "l2sp": Knobs(alpha=0.01, beta=0.01),
     "l1sp": Knobs(alpha=1e-4, beta=0.01),
-    "glf": Knobs(pace=2 / 3),
-    "gfl": Knobs(pace=2 / 3),
+    "glf": Knobs(pace=GRADUAL_PACE),
+    "gfl": Knobs(pace=GRADUAL_PACE),
     "autorgn": Knobs(lr_scale=10.0),
     "lora": Knobs(lr_scale=10.0, rank=16, lora_alpha=16.0),
 }
@@ -170,7 +171,7 @@ def default_knobs(method: str) -> Knobs:
     return DEFAULT_KNOBS.get(method, Knobs())
 
 
-def gradual_masks(n_blocks: int, order: str, epochs: int, pace: float = 2 / 3) -> tuple[tuple[bool, ...], ...]:
+def gradual_masks(n_blocks: int, order: str, epochs: int, pace: float = GRADUAL_PACE) -> tuple[tuple[bool, ...], ...]:
     """Trainable blocks per epoch for gradual unfreezing; the last entry holds afterwards.
 
     Epoch 1 trains the head alone; the backbone's ``n_blocks − 1`` blocks are then unfrozen at
@@ -281,7 +282,7 @@ BASELINES.add("l1sp", _sp("l1"), "FT with α·Σ|w − w⁰| pulling the weights
 
 def _gradual(order: str):
     def plan(model, blocks, initial, lr, *, knobs, epochs, **_) -> BaselineSetup:
-        masks = gradual_masks(len(blocks), order, epochs, knobs.pace or 2 / 3)
+        masks = gradual_masks(len(blocks), order, epochs, knobs.pace or GRADUAL_PACE)
         return BaselineSetup((lr,) * len(blocks), Regime(masks=masks))
 
     return plan
