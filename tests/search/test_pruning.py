@@ -127,7 +127,7 @@ def test_pruned_evaluations_are_stored_pruned_with_their_fitness_and_read_back_n
 
 def test_the_paper_preset_prunes_nothing_and_the_option_reaches_the_config(tmp_path, capsys):
     assert RunConfig().replace(**PRESETS["paper"]).search.pruner == "none"
-    assert RunConfig().search.pruner == "median"
+    assert RunConfig().search.pruner == "none" and not RunConfig().search.warm_start
     code = main(["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
                  "--image-size", "16", "--preset", "quick", "--pruner", "median", "--dry-run"])
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ from biotune.errors import BioTuneError
 from biotune.search.engines import RandomSearch, make_engine, warm_start
 from biotune.search.genome import WARM_START, baseline_genome, decode, gene_for, is_valid, warm_start_genomes
 
-QUICK = RunConfig().replace(**PRESETS["quick"]).search  # population 6: a first batch of 6
+QUICK = RunConfig().replace(**PRESETS["quick"]).replace(search={"warm_start": True}).search  # a first batch of 6
 
 
 def test_baseline_genomes_decode_to_what_their_names_say():
@@ -65,7 +65,8 @@ def test_the_warm_start_only_adds_the_slots_it_takes():
     assert [c.genes for c in warm[2:]] == [c.genes for c in cold[:4]]
 
 
-def test_off_in_the_paper_protocol_and_with_no_warm_start():
+def test_off_by_default_in_the_paper_protocol_and_with_no_warm_start():
+    assert not RunConfig().search.warm_start and not RunConfig().replace(**PRESETS["quick"]).search.warm_start
     paper = RunConfig().replace(**PRESETS["paper"]).search
     assert not paper.warm_start and warm_start(paper, 6) == []
     assert all(c.role == "init" for c in make_engine("memetic", 6, paper, seed=0).ask())
