@@ -32,6 +32,7 @@ __all__ = [
     "GRANULARITIES",
     "STRATEGIES",
     "PRUNERS",
+    "FINAL_PHASES",
     "EXECUTORS",
     "resolve_image_size",
 ]
@@ -303,6 +304,10 @@ class TrainConfig(_Serialisable):
             raise BioTuneError(f"`metric` must be 'top1' or 'balanced', got {self.metric!r}")
 
 
+#: The final phases a search can end with (:attr:`SearchConfig.final`).
+FINAL_PHASES = ("top-k", "race")
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Serialisable):
     """The search. Population, elites, generations, seeds, fold fraction and top-k default to the paper's
@@ -345,6 +350,11 @@ class SearchConfig(_Serialisable):
             ``benchmarks/results/search-efficiency`` successive halving halved the search's epochs
             but lost accuracy against the search without pruning; the median pruner saved 10–40 %
             of the epochs and was within noise on unseen data, but rode on the warm start that lost.
+        final: the final phase: ``"top-k"`` fine-tunes each of the top-k configurations with
+            ``final_runs`` seeds and chooses the best mean validation accuracy (the paper's);
+            ``"race"`` races the top-k and plain FT with one seed, drops the ones clearly behind
+            at 25 % and 50 % of the epochs, and chooses the best finisher on validation — never
+            below FT there (see :mod:`biotune.search.race`).
     """
 
     population: int = 10
@@ -359,6 +369,7 @@ class SearchConfig(_Serialisable):
     train_head: bool = False
     warm_start: bool = False
     pruner: str = "none"
+    final: str = "top-k"
 
     def __post_init__(self) -> None:
         _check_int("population", self.population, 2)
@@ -379,6 +390,13 @@ class SearchConfig(_Serialisable):
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
         PRUNERS.check(self.pruner, "pruner")
+        if self.final not in FINAL_PHASES:
+            raise BioTuneError(f"`final` must be one of {', '.join(FINAL_PHASES)}, got {self.final!r}")
+
+    @property
+    def final_runs_planned(self) -> int:
+        """Full runs the final phase may take: top-k x seeds, or every racer (top-k and FT) to the end."""
+        return self.top_k + 1 if self.final == "race" else self.top_k * self.final_runs
 
     @property
     def n_folds(self) -> int:
@@ -569,7 +587,8 @@ def resolve_image_size(image_size: int | str | None, dataset: str, model_size: i
 # paper's memetic operators, no warm start and no pruning; ``quick`` is the offline demo that runs in minutes on
 # two CPU cores: a small population, one seed, a few epochs at a small resolution.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False, "pruner": "none"}},
+    "paper": {"search": {"strategy": "memetic", "train_head": False, "warm_start": False, "pruner": "none",
+                         "final": "top-k"}},
     "quick": {
         "train": {"epochs": 4, "patience": 2, "batch_size": 64},
         "search": {"population": 6, "elites": 2, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 3},

@@ -36,8 +36,9 @@ from .search.fitness import FitnessEvaluator
 from .search.genome import check_genome, decode
 from .search.loop import SearchListener, SearchResult, run_search
 from .search.pruning import Pruner
+from .search.race import race
 from .search.budget import TimeBudget, estimate_search
-from .search.report import block_table, plot_convergence, plot_heatmap, write_history_csv
+from .search.report import block_table, plot_convergence, plot_heatmap, plot_race, write_history_csv
 from .search.study import TrialStore, gene_names
 from .training.estimate import Estimate
 from .training.executor import make_executor
@@ -360,11 +361,13 @@ def _final(path, session, executor, config, result, listener, budget: TimeBudget
     """Fine-tune the top-k configurations and choose on validation; finished runs are kept in
     final_runs.json (one entry per run, with its genes), so a resumed run repeats none. Under a
     time limit the phase shrinks to what is left: fewer seeds, then fewer candidates (the best
-    first), at least the best candidate once."""
+    first), at least the best candidate once. With ``final="race"``, :func:`_race` instead."""
     s = config.search
     write_history_csv(path / "history.csv", result.history, gene_names([b.name for b in session.blocks]))
     plot_convergence(path / "convergence.png", result.generations)
     candidates = [r.genes for r in result.top(s.top_k)]
+    if s.final == "race":
+        return _race(path, session, executor, config, candidates, listener, budget)
     final_seeds = training_seeds(s.seed, FINAL_SEEDS, s.final_runs)
     if budget is not None:
         fit = budget.final_runs_that_fit(len(candidates) * len(final_seeds))
@@ -379,7 +382,7 @@ def _final(path, session, executor, config, result, listener, budget: TimeBudget
         for item in json.loads(final_path.read_text()):
             genes = tuple(item.pop("genes"))
             if genes in candidates and item["seed"] in final_seeds:
-                done[(genes, item["seed"])] = FinalRun(**item)
+                done[(genes, item["seed"])] = FinalRun(**{**item, "val_accuracies": tuple(item.get("val_accuracies", ()))})
     finished = [(g, r) for (g, _), r in done.items()]
 
     def save(genes: tuple[float, ...], run_: FinalRun) -> None:
@@ -392,6 +395,26 @@ def _final(path, session, executor, config, result, listener, budget: TimeBudget
         executor, candidates, session.blocks, base_lr=config.train.lr, seeds=final_seeds, done=done,
         weights_dir=path / WEIGHTS_DIR, on_run=save, on_epoch=listener.on_epoch,
     )
+
+
+def _race(path, session, executor, config, candidates, listener, budget: TimeBudget | None) -> Selection:
+    """Race the top-k and plain FT (:mod:`biotune.search.race`), resumable from ``race/``; under a time
+    limit only the best candidates that fit race FT. Each racer's curve goes to ``race.png``."""
+    if budget is not None:
+        fit = budget.final_runs_that_fit(len(candidates) + 1)
+        if fit < len(candidates) + 1:
+            candidates = candidates[:max(1, fit - 1)]
+            logger.warning("time limit: the race runs FT and the best %d candidate(s) to fit what is left",
+                           len(candidates))
+    listener.on_final_start(len(candidates) + 1)
+    selection = race(
+        executor, candidates, session.blocks, session.splits.val[1], base_lr=config.train.lr,
+        seed=training_seeds(config.search.seed, FINAL_SEEDS, 1)[0], epochs=config.train.epochs,
+        folder=path / "race", weights_dir=path / WEIGHTS_DIR, on_epoch=listener.on_epoch,
+        on_lap=lambda racer, stage, outcome: listener.on_final_run(outcome) if not outcome.paused else None,
+    )
+    plot_race(path / "race.png", selection, title=f"final race on {session.dataset_name}")
+    return selection
 
 
 def _deliver(folder: Path, weights_dir: Path, session: Session, executor, base_lr: float, selection: Selection,
@@ -440,17 +463,20 @@ def _outcome(session: Session, config: RunConfig, result: SearchResult, selectio
             CandidateOutcome(
                 genes=tuple(c.genes[:-1]),
                 threshold=c.genes[-1],
-                fitness=estimate[c.genes].fitness,
-                search_runs=estimate[c.genes].runs,
+                fitness=estimate[c.genes].fitness if c.genes in estimate else None,
+                search_runs=estimate[c.genes].runs if c.genes in estimate else 0,
                 val_accuracy=c.val_accuracy_mean,
                 test_accuracy=c.test_accuracy_mean,
                 trainable_percent=c.trainable_percent,
                 chosen=i == selection.chosen,
+                label=c.label,
+                dropped_at=c.dropped_at,
+                curve=c.runs[0].val_accuracies if selection.selected_by == "validation race" else (),
             )
             for i, c in enumerate(selection.candidates)
         ),
-        fitness=estimate[final.genes].fitness,
-        val_accuracy_search=1.0 - estimate[final.genes].fitness,
+        fitness=estimate[final.genes].fitness if final.genes in estimate else None,
+        val_accuracy_search=1.0 - estimate[final.genes].fitness if final.genes in estimate else None,
         initial_population_mean_fitness=result.initial_mean_fitness,
         compute={"search": search_compute.to_dict(), "final": final_compute.to_dict(),
                  "total": (search_compute + final_compute).to_dict()},

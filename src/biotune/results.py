@@ -33,16 +33,24 @@ class _Record:
 
 @dataclass(frozen=True)
 class CandidateOutcome(_Record):
-    """One configuration of the final phase: its search estimate and its final runs' means."""
+    """One configuration of the final phase: its search estimate and its final runs' means.
+
+    In a race, ``label`` names plain FT (which has no search estimate: ``fitness`` None, 0 runs),
+    ``dropped_at`` the epoch where the racer was dropped (its scores are those it had reached) and
+    ``curve`` its validation accuracy per epoch.
+    """
 
     genes: tuple[float, ...]
     threshold: float
-    fitness: float
+    fitness: float | None
     search_runs: int
     val_accuracy: float
     test_accuracy: float
     trainable_percent: float
     chosen: bool
+    label: str = ""
+    dropped_at: int | None = None
+    curve: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,8 @@ class SearchOutcome(_Record):
     metric: str
     selected_by: str
     candidates: tuple[CandidateOutcome, ...]
-    fitness: float
-    val_accuracy_search: float
+    fitness: float | None
+    val_accuracy_search: float | None
     initial_population_mean_fitness: float
     compute: dict[str, dict]
     test_accuracy_mean: float

@@ -7,7 +7,7 @@ import argparse
 
 from .. import __version__
 from ..compare import BASELINES, TUNED
-from ..config import EXECUTORS, NATIVE, PRESETS, PRUNERS, STRATEGIES, RunConfig, RuntimeConfig
+from ..config import EXECUTORS, FINAL_PHASES, NATIVE, PRESETS, PRUNERS, STRATEGIES, RunConfig, RuntimeConfig
 
 _DEFAULT_METHODS = "ft,lp,l1sp,l2sp,glf,gfl,autorgn,lora,biotune,random,tpe"
 _PAPER = RunConfig().replace(**PRESETS["paper"])
@@ -178,6 +178,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="stop search runs whose validation curve is poor (Optuna's pruner of that name, against "
                         f"the earlier generations' curves; the first generation is never pruned): {PRUNERS.help()}. "
                         f"A pruned run keeps the accuracy it reached ({_both('search', 'pruner')})")
+    g.add_argument("--final", choices=FINAL_PHASES, default=None,
+                   help="the final phase: 'top-k' fine-tunes the top-k configurations with --final-runs seeds each and "
+                        "chooses the best mean validation accuracy (the paper's); 'race' races the top-k and plain FT "
+                        "with one seed, drops a racer clearly behind the leader on validation at 25%% and 50%% of the "
+                        "epochs, and chooses the best finisher: never below FT on validation, about 2 FT runs instead "
+                        f"of top-k x seeds ({_both('search', 'final')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 
 
@@ -400,7 +406,7 @@ def explicit_settings(args) -> dict[str, dict[str, object]]:
                                     "seeds": "seeds", "fraction": "fraction", "final_runs": "final_runs",
                                     "seed": "seed", "top_k": "top_k", "strategy": "strategy",
                                     "train_head": "train_head", "warm_start": "warm_start",
-                                    "pruner": "pruner"}),
+                                    "pruner": "pruner", "final": "final"}),
     }
 
 

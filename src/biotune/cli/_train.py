@@ -46,14 +46,22 @@ def _print_outcome(result, config, args) -> None:
           f"({len(result.blocks)} blocks, {config.model.granularity} granularity):")
     print(format_block_table(list(best.blocks)))
     print()
-    print(f"top-{len(best.candidates)} configurations of the {best.strategy} search, fine-tuned "
-          f"({len(best.test_accuracies)} runs each) and chosen by validation accuracy:")
+    if best.selected_by == "validation race":
+        print(f"final race of the {best.strategy} search's top configurations and plain FT (one seed; a racer "
+              "clearly behind the leader on validation is dropped), the best finisher on validation chosen:")
+    else:
+        print(f"top-{len(best.candidates)} configurations of the {best.strategy} search, fine-tuned "
+              f"({len(best.test_accuracies)} runs each) and chosen by validation accuracy:")
     for i, c in enumerate(best.candidates):
         mark = "*" if c.chosen else " "
-        print(f"  {mark} #{i + 1}  search fitness {c.fitness:.4f}  val {100 * c.val_accuracy:.2f}%  "
-              f"test {100 * c.test_accuracy:.2f}%  trainable {c.trainable_percent:.1f}%")
+        name = c.label or f"#{i + 1}"
+        fitness = "" if c.fitness is None else f"search fitness {c.fitness:.4f}  "
+        state = "" if c.dropped_at is None else f"  dropped at epoch {c.dropped_at}"
+        print(f"  {mark} {name:>3}  {fitness}val {100 * c.val_accuracy:.2f}%  "
+              f"test {100 * c.test_accuracy:.2f}%  trainable {c.trainable_percent:.1f}%{state}")
     print()
-    print(f"validation fitness Φ (mean)       : {best.fitness:.4f}  (val. accuracy {1 - best.fitness:.4f})")
+    if best.fitness is not None:
+        print(f"validation fitness Φ (mean)       : {best.fitness:.4f}  (val. accuracy {1 - best.fitness:.4f})")
     print(f"initial population mean fitness   : {best.initial_population_mean_fitness:.4f}")
     print(f"test accuracy ({len(best.test_accuracies)} runs)            : "
           f"{100 * best.test_accuracy_mean:.2f}% ± {100 * best.test_accuracy_se:.2f} (SE)")
@@ -76,8 +84,9 @@ def _print_outcome(result, config, args) -> None:
         print(f"search stopped by                 : {stop.stopped_by} after {stop.generations_done} of "
               f"{stop.generations_planned} generations")
     study = "study.db" if args.storage is None else None
+    race = ", race.png, race/race.json" if best.selected_by == "validation race" else ""
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png"
-          f"{', ' + study if study else ''})")
+          f"{race}{', ' + study if study else ''})")
     if study is None:
         print(f"study                             : {redact_url(args.storage)}")
     print(f"fine-tuned model                  : {best.model_dir}/ (best final run by validation; "

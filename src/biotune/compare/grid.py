@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..errors import BioTuneError
 from ..search.engines import make_engine
 from ..search.evolution import batch_sizes
 from ..search.final import Selection, select_final
+from ..search.race import race
 from ..search.fitness import FitnessEvaluator
 from ..search.loop import SearchResult, run_search
 from ..search.pruning import Pruner
@@ -339,8 +341,9 @@ def _searched(session: Session, cell: _Cell, config: RunConfig, runtime: Runtime
         "multipliers": [row["lr_multiplier"] for row in block_table(blocks, genes, config.train.lr)],
         "blocks": [b.name for b in blocks],
         "selected_by": selection.selected_by,
-        "candidates": [{"genes": list(c.genes), "fitness": estimate[c.genes], "val_accuracy": c.val_accuracy_mean,
-                        "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent}
+        "candidates": [{"genes": list(c.genes), "fitness": estimate.get(c.genes), "val_accuracy": c.val_accuracy_mean,
+                        "test_accuracy": c.test_accuracy_mean, "trainable_percent": c.trainable_percent,
+                        "label": c.label, "dropped_at": c.dropped_at, "curve": list(c.runs[0].val_accuracies)}
                        for c in selection.candidates],
         "search_compute": search.compute.to_dict(),
         "distinct_configurations": len(search.ranking),
@@ -355,7 +358,8 @@ def _searched(session: Session, cell: _Cell, config: RunConfig, runtime: Runtime
 
 def _search(session: Session, cell: _Cell, strategy: str, config: RunConfig, runtime: RuntimeConfig,
             out: Path) -> tuple[SearchResult, Selection, float]:
-    """One search (resumable from ``<out>/studies.db``) and its top-k final phase with one seed."""
+    """One search (resumable from ``<out>/studies.db``) and its final phase with one seed: the top-k, or their race
+    with FT."""
     s, seed, dataset, fraction = config.search, cell.seed, cell.dataset, cell.fraction
     method, run, final_seed = cell.method, cell.run, cell.final_seed
     spec = SessionSpec(config.model, dataclasses.replace(config.data, dataset=dataset), config.train, s.n_folds,
@@ -373,8 +377,13 @@ def _search(session: Session, cell: _Cell, strategy: str, config: RunConfig, run
         result = run_search(make_engine(strategy, len(session.blocks), s, seed), evaluator, store,
                             pruner=Pruner(s.pruner, config.train.epochs))
         seconds = time.perf_counter() - start
-        selection = select_final(executor, [r.genes for r in result.top(s.top_k)], session.blocks,
-                                 base_lr=config.train.lr, seeds=(final_seed,))
+        top = [r.genes for r in result.top(s.top_k)]
+        if s.final == "race":
+            with tempfile.TemporaryDirectory(dir=out, prefix=".race-") as folder:
+                selection = race(executor, top, session.blocks, session.splits.val[1], base_lr=config.train.lr,
+                                 seed=final_seed, epochs=config.train.epochs, folder=folder)
+        else:
+            selection = select_final(executor, top, session.blocks, base_lr=config.train.lr, seeds=(final_seed,))
     return result, selection, seconds
 
 

@@ -48,7 +48,7 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
         cs, ct = cfg.search, cfg.train
         cb = batch_sizes(cs.population, cs.elites, cs.generations)
         return estimate_runs(
-            speed, runs=cs.top_k * (cs.final_runs if final_seeds is None else final_seeds),
+            speed, runs=cs.final_runs_planned if final_seeds is None or cs.final == "race" else cs.top_k * final_seeds,
             train_images=len(session.splits.x_train), val_images=len(session.splits.x_val),
             test_images=len(session.splits.x_test), epochs=ct.epochs, patience=ct.patience, workers=workers,
             evaluations=sum(cb), search_batches=[b * cs.seeds for b in cb], search_runs=sum(cb) * cs.seeds,

@@ -23,7 +23,8 @@ from ..training.executor import Executor
 from ..training.session import Compute, RunOutcome, RunRequest
 from .genome import decode
 
-__all__ = ["FinalRun", "FinalResult", "Selection", "select_final", "best_weights", "weights_name", "mean_and_se"]
+__all__ = ["FinalRun", "FinalResult", "Selection", "select_final", "best_weights", "weights_name", "mean_and_se",
+           "final_run", "final_result"]
 
 
 def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
@@ -39,6 +40,8 @@ class FinalRun:
 
     A run whose loss became NaN/inf stops there (``diverged``, ``failure`` says where); its
     accuracies are those of its best epoch before, or 0 when it diverged in the first.
+    ``val_loss`` is the validation cross-entropy at the best epoch (it breaks ties);
+    ``val_accuracies`` the validation curve, epoch by epoch.
     """
 
     seed: int
@@ -50,9 +53,11 @@ class FinalRun:
     diverged: bool
     failure: str | None = None
     train_images: int = 0
+    val_loss: float = math.inf
+    val_accuracies: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "val_accuracies": list(self.val_accuracies)}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class FinalResult:
         runs: each run.
         test_accuracy_mean, test_accuracy_se: mean and standard error over runs.
         trainable_percent: share of the model's parameters in trainable blocks, in %.
+        label: what the candidate is, when not only a search result (a race's ``FT``).
+        dropped_at: the epoch at which a race dropped it (its runs stop there); None: it finished.
     """
 
     genes: tuple[float, ...]
@@ -72,6 +79,8 @@ class FinalResult:
     test_accuracy_se: float
     val_accuracy_mean: float
     trainable_percent: float
+    label: str = ""
+    dropped_at: int | None = None
 
     @property
     def compute(self) -> Compute:
@@ -90,12 +99,12 @@ class Selection:
     Attributes:
         candidates: one :class:`FinalResult` per candidate, in ranking order.
         chosen: index of the candidate with the best mean validation accuracy.
+        selected_by: how: ``"validation"`` (top-k x seeds) or ``"validation race"``.
     """
 
     candidates: tuple[FinalResult, ...]
     chosen: int
-
-    selected_by = "validation"
+    selected_by: str = "validation"
 
     @property
     def result(self) -> FinalResult:
@@ -109,14 +118,17 @@ class Selection:
         return total
 
 
-def _final_run(seed: int, outcome: RunOutcome) -> FinalRun:
+def final_run(seed: int, outcome: RunOutcome, seconds: float | None = None) -> FinalRun:
+    """A final run's record from its outcome (``seconds``: the run's wall time when it ran in parts)."""
     return FinalRun(
         seed, outcome.best_val_accuracy, float(outcome.test_accuracy or 0.0), outcome.best_epoch,
-        outcome.epochs_run, outcome.seconds, outcome.diverged, outcome.failure, outcome.train_images,
+        outcome.epochs_run, outcome.seconds if seconds is None else seconds, outcome.diverged, outcome.failure,
+        outcome.train_images, outcome.best_val_loss, tuple(outcome.val_accuracies),
     )
 
 
-def _result(genes, blocks, mask, runs: Sequence[FinalRun]) -> FinalResult:
+def final_result(genes, blocks, mask, runs: Sequence[FinalRun], **extra) -> FinalResult:
+    """A candidate's result over its final runs (``extra``: its label, where a race dropped it)."""
     mean, se = mean_and_se([r.test_accuracy for r in runs])
     return FinalResult(
         genes=tuple(float(g) for g in genes),
@@ -125,6 +137,7 @@ def _result(genes, blocks, mask, runs: Sequence[FinalRun]) -> FinalResult:
         test_accuracy_se=se,
         val_accuracy_mean=float(np.mean([r.val_accuracy for r in runs])),
         trainable_percent=trainable_percent(blocks, mask),
+        **extra,
     )
 
 
@@ -160,7 +173,7 @@ def select_final(
 
     Returns:
         Every candidate's result and the index of the one with the best mean validation
-        accuracy (the first of equals).
+        accuracy (equals: the lower mean validation loss, then the first).
     """
     if not candidates:
         raise BioTuneError("the final phase needs at least one candidate configuration")
@@ -173,7 +186,7 @@ def select_final(
 
     def finished(i: int, outcome: RunOutcome) -> None:
         genes, seed = todo[i]
-        runs[(genes, seed)] = run = _final_run(seed, outcome)
+        runs[(genes, seed)] = run = final_run(seed, outcome)
         if folder is not None:  # keep the best finished run's weights of this candidate only
             mine = [s for s in seeds if (genes, s) in runs]
             best = max(mine, key=lambda s: (runs[(genes, s)].val_accuracy, -list(seeds).index(s)))
@@ -188,9 +201,13 @@ def select_final(
         return RunRequest(lrs[genes], None, seed, save_to)
 
     executor.run([request(g, s) for g, s in todo], finished, on_epoch)
-    results = tuple(_result(g, blocks, d.mask, [runs[(g, s)] for s in seeds]) for g, d in zip(genes_list, decoded))
-    chosen = max(range(len(results)), key=lambda i: (results[i].val_accuracy_mean, -i))
+    results = tuple(final_result(g, blocks, d.mask, [runs[(g, s)] for s in seeds]) for g, d in zip(genes_list, decoded))
+    chosen = max(range(len(results)), key=lambda i: (results[i].val_accuracy_mean, -_mean_loss(results[i]), -i))
     return Selection(results, chosen)
+
+
+def _mean_loss(result: FinalResult) -> float:
+    return float(np.mean([r.val_loss for r in result.runs]))
 
 
 def best_weights(

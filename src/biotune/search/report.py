@@ -19,6 +19,7 @@ __all__ = [
     "write_history_csv",
     "plot_heatmap",
     "plot_convergence",
+    "plot_race",
     "format_block_table",
 ]
 
@@ -115,6 +116,32 @@ def plot_convergence(path: str | Path, generations, *, title: str = "BioTune sea
     ax.set_xticks(gens)
     ax.grid(alpha=0.3)
     ax.legend()
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_race(path: str | Path, selection, *, title: str = "final race") -> None:
+    """Each racer's validation accuracy per epoch; a cross where it was dropped, a star on the chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for i, c in enumerate(selection.candidates):
+        curve = c.runs[0].val_accuracies
+        name = c.label or f"#{i + 1}"
+        line, = ax.plot(range(1, len(curve) + 1), curve, "o-", ms=3,
+                        label=name + (" (chosen)" if i == selection.chosen else ""))
+        if c.dropped_at is not None and curve:
+            ax.plot([len(curve)], [curve[-1]], "x", ms=9, color=line.get_color())
+        if i == selection.chosen and curve:
+            ax.plot([c.runs[0].best_epoch], [c.runs[0].val_accuracy], "*", ms=12, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     save_figure(fig, path)
     plt.close(fig)

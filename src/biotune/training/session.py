@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._files import slug
+from .._files import atomic_write_bytes, slug
 from ..config import (
     DEMO_DATASET,
     NATIVE,
@@ -107,6 +108,10 @@ class RunRequest:
         pruning: for a search run, anything whose ``start()`` gives a fresh
             ``should_stop(epoch, best_accuracy_so_far)`` (:class:`biotune.search.pruning.PruneCheck`);
             ``None`` trains the whole budget.
+        stop_at: pause after this epoch (a race's rung): the run's state is written to
+            ``checkpoint`` and the outcome is ``paused``.
+        checkpoint: where a paused run's state is written.
+        resume_from: a checkpoint of this run to go on from (a paused run); ``None`` starts it.
     """
 
     lrs: tuple[float, ...]
@@ -114,6 +119,9 @@ class RunRequest:
     seed: int
     save_to: str | None = None
     pruning: Any = None
+    stop_at: int | None = None
+    checkpoint: str | None = None
+    resume_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,9 @@ class RunOutcome:
     pruned: bool = False
     ram_peak: int = 0
     device_peak: int = 0
+    paused: bool = False
+    best_val_loss: float = float("inf")
+    val_predicted: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -328,16 +339,26 @@ class Session:
         t = self.splits
         tuner = finetuner or self.finetuner
         final = request.fold is None
+        if request.stop_at is not None and request.checkpoint is None:
+            raise BioTuneError("a run asked to pause (stop_at) needs a checkpoint file to pause to")
         reset_peaks(tuner.device)
+        resume = None
+        if request.resume_from is not None:
+            resume = torch.load(request.resume_from, map_location=tuner.device, weights_only=True)
         result = tuner.run(
             request.lrs, t.train, t.val, request.seed,
             keep_best=final, on_epoch=on_epoch, train_index=None if final else t.folds[request.fold], regime=regime,
             should_stop=None if request.pruning is None else request.pruning.start(),
+            stop_at=request.stop_at, resume=resume,
         )
+        if result.paused:
+            buffer = io.BytesIO()
+            torch.save(result.checkpoint, buffer)
+            atomic_write_bytes(request.checkpoint, buffer.getvalue())
         test = None
         if final:
             test = tuner.evaluate(*t.test, state=result.best_state) if result.best_state else 0.0
-            if request.save_to is not None:
+            if request.save_to is not None and not result.paused:
                 save_state_dict_file(request.save_to, result.best_state or tuner.model.state_dict())
         return RunOutcome(
             best_val_accuracy=result.best_val_accuracy,
@@ -353,4 +374,7 @@ class Session:
             pruned=result.pruned,
             ram_peak=ram_peak(),
             device_peak=device_peak(tuner.device),
+            paused=result.paused,
+            best_val_loss=result.best_val_loss,
+            val_predicted=None if result.best_predicted is None else result.best_predicted.numpy().astype(np.int32),
         )

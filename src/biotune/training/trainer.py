@@ -26,7 +26,7 @@ from ..models.blocks import Block
 from ..models.build import reset_head
 from .groups import param_groups, set_trainable
 from .images import DeviceImages, augment
-from .metrics import evaluate_accuracy
+from .metrics import Scored, evaluate, evaluate_accuracy
 from .prefix import PrefixCache, bypass
 from .regime import Regime, rescale_by_rgn
 
@@ -68,6 +68,10 @@ class TrainResult:
         prefix_depth: leading blocks read from the frozen-prefix cache (0: none).
         train_images: training images processed, summed over epochs (compute accounting).
         pruned: ``should_stop`` stopped the run before its budget (a search pruner).
+        best_val_loss: validation cross-entropy at the best epoch (it breaks ties of accuracy).
+        best_predicted: each validation image's predicted class at the best epoch, kept with
+            ``best_state`` (a race compares runs image by image).
+        checkpoint: everything needed to go on, when the run paused at ``stop_at`` (else None).
     """
 
     seed: int
@@ -85,6 +89,14 @@ class TrainResult:
     lr_multipliers: tuple[dict[str, float], ...] = field(default=(), repr=False)
     train_images: int = 0
     pruned: bool = False
+    best_val_loss: float = math.inf
+    best_predicted: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    checkpoint: dict | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def paused(self) -> bool:
+        """The run stopped at ``stop_at`` and can go on from :attr:`checkpoint`."""
+        return self.checkpoint is not None
 
 
 def eval_batch_size(batch_size: int) -> int:
@@ -114,6 +126,8 @@ class _RunArgs:
     train_index: torch.Tensor | None
     regime: Regime
     should_stop: Callable[[int, float], bool] | None
+    stop_at: int | None = None
+    resume: dict | None = None
 
 
 @dataclass
@@ -121,30 +135,39 @@ class _RunState:
     """A run's record as it trains: the best epoch so far, early stopping, the curves, what went wrong."""
 
     best: float = -1.0
+    best_loss: float = math.inf
     best_epoch: int = 0
     best_state: dict | None = None
+    best_predicted: torch.Tensor | None = None
     stale: int = 0
     diverged: bool = False
     failure: str | None = None
     pruned: bool = False
+    checkpoint: dict | None = None
     images: int = 0
     val_hist: list[float] = field(default_factory=list)
     loss_hist: list[float] = field(default_factory=list)
     multipliers: list[dict[str, float]] = field(default_factory=list)
     loss_fn: nn.Module = field(default_factory=nn.CrossEntropyLoss)
 
-    def after_epoch(self, epoch: int, acc: float, loss: float, run: _RunArgs, model: nn.Module, settled: int,
+    _SAVED = ("best", "best_loss", "best_epoch", "best_state", "best_predicted", "stale", "images", "val_hist",
+              "loss_hist", "multipliers")
+
+    def after_epoch(self, epoch: int, val: Scored, loss: float, run: _RunArgs, model: nn.Module, settled: int,
                     patience: int, epochs: int) -> bool:
-        """Record an epoch's validation accuracy and mean loss; ``True`` when the run stops here (patience
-        run out once the trainable blocks are settled, or pruned)."""
+        """Record an epoch's validation score and mean training loss; ``True`` when the run stops here
+        (patience run out once the trainable blocks are settled, or pruned). An epoch is better when
+        its accuracy is higher, or equal with a lower validation loss."""
+        acc = val.accuracy
         self.val_hist.append(acc)
         self.loss_hist.append(loss)
         if run.on_epoch is not None:
             run.on_epoch(epoch, acc, loss)
-        if acc > self.best:
-            self.best, self.best_epoch, self.stale = acc, epoch, 0
+        if acc > self.best or (acc == self.best and val.loss < self.best_loss):
+            self.best, self.best_loss, self.best_epoch, self.stale = acc, val.loss, epoch, 0
             if run.keep_best:
                 self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                self.best_predicted = val.predicted.cpu()
         elif epoch >= settled:
             self.stale += 1
             if self.stale >= patience:
@@ -171,7 +194,18 @@ class _RunState:
             lr_multipliers=tuple(self.multipliers),
             train_images=self.images,
             pruned=self.pruned,
+            best_val_loss=self.best_loss,
+            best_predicted=self.best_predicted,
+            checkpoint=self.checkpoint,
         )
+
+    def saved(self) -> dict:
+        """The record as a checkpoint holds it (plain values and tensors)."""
+        return {name: getattr(self, name) for name in self._SAVED}
+
+    def load(self, saved: dict) -> None:
+        for name in self._SAVED:
+            setattr(self, name, saved[name])
 
 
 @dataclass(frozen=True)
@@ -306,6 +340,8 @@ class FineTuner:
         train_index: torch.Tensor | None = None,
         regime: Regime | None = None,
         should_stop: Callable[[int, float], bool] | None = None,
+        stop_at: int | None = None,
+        resume: dict | None = None,
     ) -> TrainResult:
         """Fine-tune with per-block learning rates ``lrs`` (0 freezes a block).
 
@@ -324,6 +360,9 @@ class FineTuner:
             regime: a loss penalty and/or per-epoch trainable blocks (baselines).
             should_stop: asked ``should_stop(epoch, best_accuracy_so_far)`` after each epoch but
                 the last; ``True`` ends the run there (``pruned``): a search's pruner.
+            stop_at: pause after this epoch (unless the run ends sooner) and return a
+                ``checkpoint`` to go on from: a race's rung.
+            resume: a checkpoint of this run (same arguments) to go on from, as if never paused.
 
         Raises:
             BioTuneError: every learning rate is 0 or the wrong number is given.
@@ -336,7 +375,7 @@ class FineTuner:
         while True:
             try:
                 return self._run(_RunArgs(lrs, mask, train, val, seed, keep_best, on_epoch, train_index,
-                                          regime or Regime(), should_stop))
+                                          regime or Regime(), should_stop, stop_at, resume))
             except (RuntimeError, MemoryError) as err:
                 if not _is_out_of_memory(err):
                     raise
@@ -429,7 +468,8 @@ class FineTuner:
             shuffle = torch.Generator(device="cpu").manual_seed(run.seed)
             crops = torch.Generator(device="cpu").manual_seed(run.seed + 1) if cfg.augment else None
             state = _RunState()
-            for epoch in range(1, epochs + 1):
+            first = 1 if run.resume is None else self._resume(run.resume, state, optimizer, scheduler, shuffle, crops)
+            for epoch in range(first, epochs + 1):
                 self._configure(masks[min(epoch, len(masks)) - 1])
                 order = torch.randperm(len(x_train), generator=shuffle).to(self.device)
                 if regime.rgn_batches:
@@ -443,11 +483,39 @@ class FineTuner:
                     logger.debug("run seed=%d diverged at epoch %d", run.seed, epoch)
                     break
                 with self._autocast():
-                    acc = evaluate_accuracy(self.model, x_val, run.val[1], self.eval_batch_size, forward=self._forward,
-                                            metric=cfg.metric)
-                if state.after_epoch(epoch, acc, total / max(1, count), run, self.model, settled, cfg.patience, epochs):
+                    val = evaluate(self.model, x_val, run.val[1], self.eval_batch_size, forward=self._forward,
+                                   metric=cfg.metric)
+                if state.after_epoch(epoch, val, total / max(1, count), run, self.model, settled, cfg.patience, epochs):
+                    break
+                if run.stop_at is not None and run.stop_at <= epoch < epochs:
+                    state.checkpoint = self._checkpoint(epoch, state, optimizer, scheduler, shuffle, crops)
                     break
         return state.result(run.seed, time.perf_counter() - start, cut, self.batch_size)
+
+    def _checkpoint(self, epoch: int, state: _RunState, optimizer, scheduler, shuffle, crops) -> dict:
+        """Everything :meth:`_resume` needs to go on after ``epoch`` exactly as if never paused."""
+        cuda = self.device.type == "cuda"
+        return {
+            "epoch": epoch, "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "scheduler": scheduler.state_dict(), "shuffle": shuffle.get_state(),
+            "crops": None if crops is None else crops.get_state(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None, "state": state.saved(),
+        }
+
+    def _resume(self, saved: dict, state: _RunState, optimizer, scheduler, shuffle, crops) -> int:
+        """Load a :meth:`_checkpoint`; the epoch to go on from."""
+        self.model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        shuffle.set_state(saved["shuffle"])
+        if crops is not None:
+            crops.set_state(saved["crops"])
+        torch.set_rng_state(saved["rng"])
+        if saved["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+        state.load(saved["state"])
+        return int(saved["epoch"]) + 1
 
     def _rgn_loss(self, x, y, loss_fn, regime: Regime):
         """The objective of one mini-batch of rows ``idx``, as AutoRGN measures its gradients."""
