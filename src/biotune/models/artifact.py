@@ -9,6 +9,7 @@ import; :func:`load_model` does the same and adds the preprocessing used in trai
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -108,8 +109,13 @@ def save_model_dir(folder: str | Path, weights: str | Path | dict[str, torch.Ten
     shutil.rmtree(tmp, ignore_errors=True)
     data_config = {"input_size": (3, card.image_size, card.image_size), "mean": tuple(card.mean),
                    "std": tuple(card.std), "interpolation": "bilinear", "crop_pct": 1.0}
+    extra = {}
+    if "data_config" in inspect.signature(save_for_hf).parameters:
+        extra["data_config"] = data_config
+    else:  # older timm has no data_config: it writes the model's pretrained_cfg, so the values go there
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **data_config}
     save_for_hf(model, tmp, model_config={"label_names": list(card.classes), "biotune": card.to_dict()},
-                safe_serialization=True, data_config=data_config)
+                safe_serialization=True, **extra)
     atomic_write_bytes(tmp / "README.md", card.markdown().encode())
     if folder.exists():
         shutil.rmtree(folder)
