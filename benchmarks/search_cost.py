@@ -39,8 +39,8 @@ DATASETS = ("mnist", "usps", "cifar10", "flowers102")
 COMMON = ["--image-size", "64", "--no-progress", "--threads", "1"]
 NEW = ["--final", "race", "--population", "6", "--elites", "2", "--generations", "1", "--fraction", "0.25"]
 SMALL = ["--final", "race", "--population", "4", "--elites", "1", "--generations", "1"]
-ARMS = {"ref": [], "today": ["--warm-start", "--pruner", "median"], "race": ["--final", "race"], "new": NEW,
-        "small": SMALL}
+ARMS = {"new": NEW, "ref": [], "today": ["--warm-start", "--pruner", "median"], "small": SMALL,
+        "race": ["--final", "race"]}
 SHOWN = ("new", "ref", "today", "ftlr", "race", "small", "ft")
 
 

@@ -22,6 +22,7 @@ archive's bytes, a Hugging Face dataset's fingerprints) is kept with the store; 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -112,8 +113,14 @@ def _write(folder: Path, signature: str, fill: Callable[[Path], dict], need: int
         (tmp / "meta.json").write_text(json.dumps(meta))
         old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
         if folder.exists():  # a stale store: moved aside, then removed (maps of it stay valid)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
+            with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process wrote it in the meantime: the same images if the same signature
+            theirs = folder / "meta.json"
+            if not (theirs.is_file() and json.loads(theirs.read_text()).get("signature") == signature):
+                raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -508,12 +508,13 @@ class FineTuner:
         self.model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        shuffle.set_state(saved["shuffle"])
+        # Generator states are CPU byte tensors: a checkpoint loaded onto a GPU moved them there.
+        shuffle.set_state(saved["shuffle"].cpu())
         if crops is not None:
-            crops.set_state(saved["crops"])
-        torch.set_rng_state(saved["rng"])
+            crops.set_state(saved["crops"].cpu())
+        torch.set_rng_state(saved["rng"].cpu())
         if saved["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), self.device)
         state.load(saved["state"])
         return int(saved["epoch"]) + 1
 
