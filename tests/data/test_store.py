@@ -189,3 +189,21 @@ def test_reading_a_stored_split_leaves_its_pages_out_of_resident_memory(tmp_path
         assert batch.shape == (64, 256, 256, 3)
     assert (images[[37, 0, 1]][:, 0, 0, 0] == [7, 7, 0]).all()
     assert resident() - before < 64 * 2**20  # a map would have added the 192 MB it read
+
+
+def test_a_store_another_process_wrote_first_is_kept_not_an_error(small_npz, tmp_path, monkeypatch):
+    """Parallel jobs on one data directory: another process renames the same store into place just
+    before this one does (seen with 16 jobs at once); both go on with it."""
+    real = os.replace
+
+    def racing(src, dst):
+        src, dst = Path(src), Path(dst)
+        if src.is_dir() and src.name.endswith(".tmp") and not dst.exists():
+            shutil.copytree(src, dst)  # the other process won
+        return real(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", racing)
+    stored = load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=64)
+    memory = load_dataset(str(small_npz))
+    assert np.array_equal(np.asarray(stored.x_train), memory.x_train) and stored.fingerprint() == memory.fingerprint()
+    assert not [p for p in (tmp_path / "s").rglob("*.tmp")]  # our copy removed

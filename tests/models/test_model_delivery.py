@@ -71,6 +71,23 @@ def test_search_saves_the_best_final_run_in_timm_layout(run_dir):
     assert all(torch.equal(saved[k], state[k]) for k in saved)
 
 
+def test_a_timm_without_data_config_still_gets_the_preprocessing(run_dir, tmp_path, monkeypatch):
+    """Older timm's save_for_hf takes no data_config (the GPU machine's did): the folder must still say
+    how its images were prepared."""
+    from biotune.models.artifact import ModelCard, save_model_dir
+
+    real = timm.models.save_for_hf
+
+    def older(model, save_directory, model_config=None, safe_serialization=False):
+        return real(model, save_directory, model_config=model_config, safe_serialization=safe_serialization)
+
+    monkeypatch.setattr(timm.models, "save_for_hf", older)
+    card = ModelCard("test_efficientnet", tuple(str(i) for i in range(10)), 16, 16, (0.5,) * 3, (0.25,) * 3)
+    folder = save_model_dir(tmp_path / "m", run_dir / "model" / "model.safetensors", card)
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 16, 16] and cfg["interpolation"] == "bilinear" and cfg["crop_pct"] == 1.0
+
+
 def test_predictions_reproduce_the_kept_runs_test_accuracy(run_dir, digits_test, tmp_path, capsys):
     kept = _kept_run(run_dir)
     model, preprocess, classes = biotune.load_model(run_dir)

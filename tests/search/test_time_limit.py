@@ -68,11 +68,13 @@ def test_generation_zero_always_runs_and_parallel_workers_count_in_whole_rounds(
 
 
 @pytest.mark.slow
-def test_a_short_limit_cuts_the_first_generation_and_the_final_phase_and_still_delivers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("final", ["top-k", "race"])
+def test_a_short_limit_cuts_the_first_generation_and_the_final_phase_and_still_delivers(tmp_path, monkeypatch, final):
     config = RunConfig().replace(
         model={"name": "test_efficientnet", "weights": "random"}, data={"image_size": 16},
         train={"epochs": 1, "patience": 1, "batch_size": 64},
-        search={"population": 3, "elites": 1, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 2},
+        search={"population": 3, "elites": 1, "generations": 2, "seeds": 1, "final_runs": 2, "top_k": 2,
+                "final": final},
     )
     monkeypatch.setattr(TimeBudget, "minimum", lambda self: 0.0)  # let a limit shorter than one run through
     result = run(config, run_dir=tmp_path / "limited", runtime=RuntimeConfig(threads=1), time_limit="1s")
@@ -80,7 +82,10 @@ def test_a_short_limit_cuts_the_first_generation_and_the_final_phase_and_still_d
     best = json.loads((tmp_path / "limited" / "best.json").read_text())
     stop = best["search_stop"]
     assert stop["evaluations"] == 1 and stop["generations_done"] == 0  # the first evaluation only
-    assert len(best["candidates"]) == 1 and len(best["test_accuracies"]) == 1  # the final phase: 1 run, not 2 x 2
+    if final == "race":  # the race: FT and the best candidate, not both candidates
+        assert [c["label"] for c in best["candidates"]] == ["", "FT"] and best["selected_by"] == "validation race"
+    else:
+        assert len(best["candidates"]) == 1 and len(best["test_accuracies"]) == 1  # 1 final run, not 2 x 2
     assert (tmp_path / "limited" / "model" / "model.safetensors").is_file()  # a model is still delivered
 
 
