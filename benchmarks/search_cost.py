@@ -45,19 +45,21 @@ SHOWN = ("new", "ref", "today", "ftlr", "race", "small", "ft")
 
 
 def _jobs(work: Path, runs: int) -> list[tuple[str, list[str], Path]]:
-    jobs = []
+    """Every job, run by run; the ``race`` arm (the reference's search again, for the race alone) last."""
+    jobs, last = [], []
     for r in range(runs):
         for d in DATASETS:
             for arm, flags in ARMS.items():
                 folder = work / arm / f"{d}-{r}"
-                jobs.append((f"{arm} {d} run {r}", ["biotune", "search", "--data-dir", str(work), "--dataset", d,
-                                                     "--seed", str(r), "--run-dir", str(folder), *COMMON, *flags],
-                             folder / "best.json"))
+                (last if arm == "race" else jobs).append(
+                    (f"{arm} {d} run {r}", ["biotune", "search", "--data-dir", str(work), "--dataset", d,
+                                            "--seed", str(r), "--run-dir", str(folder), *COMMON, *flags],
+                     folder / "best.json"))
             folder = work / "cmp" / f"{d}-{r}"
             jobs.append((f"ft/ftlr {d} run {r}", ["biotune", "compare", "--data-dir", str(work), "--datasets", d,
                                                    "--methods", "ft,ftlr", "--seed", str(r), "--runs", "1",
                                                    "--out", str(folder), *COMMON, *NEW[2:]], None))
-    return jobs
+    return jobs + last
 
 
 def run(work: Path, runs: int, jobs: int, deadline: float) -> None:

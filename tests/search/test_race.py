@@ -152,3 +152,5 @@ def test_a_search_with_a_race_delivers_the_best_finisher_and_reports_each_racer(
     assert (tmp_path / "r" / "race.png").is_file() and (tmp_path / "r" / "model" / "config.json").is_file()
     assert best["compute"]["final"]["epochs"] == sum(len(c["curve"]) for c in best["candidates"])
     assert result.selection.chosen == [c["chosen"] for c in best["candidates"]].index(True)
+    first = [r for r in result.search.history if r.source == "trained" and r.candidate.generation == 0]
+    assert len({r.fold for r in first}) == 1 and len({r.evaluation.seeds for r in first}) == 1  # paired
