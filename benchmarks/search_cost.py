@@ -12,9 +12,10 @@ no job starts after ``--deadline`` seconds. Arms, on the same seeds and splits (
 - ``ref``: the default, TPE alone, top-3 × 2 seeds (the accuracy reference);
 - ``today``: the default before, TPE + warm start + median pruner;
 - ``race``: the reference's search with ``--final race``;
-- ``new``: ``--final race`` with a smaller search (``NEW`` below);
-- ``small``: ``--final race`` with a smaller one still (``SMALL``);
-- ``ftlr``, ``ft``: ``biotune compare``'s tuned-LR FT at ``new``'s search budget, and FT.
+- ``small``: ``--final race`` with a smaller search: 4 + 6 evaluations on half the data (``SMALL``);
+- ``new``: ``--final race`` with 6 + 10 evaluations on a quarter of the data (``NEW``);
+- ``ftlr``, ``ft``: ``biotune compare``'s tuned-LR FT at ``small``'s search budget (10 runs on
+  half the data, then its final run: about 6 FTx), and FT.
 
 ``summary`` prints ``search-cost: <dataset> new=<acc>@<FTx> ref=... today=... ftlr=...`` per dataset
 (accuracy: the chosen configuration's mean test accuracy over its final runs, in %; FTx: training
@@ -39,26 +40,27 @@ DATASETS = ("mnist", "usps", "cifar10", "flowers102")
 COMMON = ["--image-size", "64", "--no-progress", "--threads", "1"]
 NEW = ["--final", "race", "--population", "6", "--elites", "2", "--generations", "1", "--fraction", "0.25"]
 SMALL = ["--final", "race", "--population", "4", "--elites", "1", "--generations", "1"]
-ARMS = {"new": NEW, "ref": [], "today": ["--warm-start", "--pruner", "median"], "small": SMALL,
+ARMS = {"small": SMALL, "ref": [], "today": ["--warm-start", "--pruner", "median"], "new": NEW,
         "race": ["--final", "race"]}
-SHOWN = ("new", "ref", "today", "ftlr", "race", "small", "ft")
+LAST = ("new", "race")  # run after every other job: the arms that only explain
+SHOWN = ("small", "new", "ref", "today", "ftlr", "race", "ft")
 
 
 def _jobs(work: Path, runs: int) -> list[tuple[str, list[str], Path]]:
-    """Every job, run by run; the ``race`` arm (the reference's search again, for the race alone) last."""
+    """Every job, run by run; the arms in :data:`LAST` after all the others."""
     jobs, last = [], []
     for r in range(runs):
         for d in DATASETS:
             for arm, flags in ARMS.items():
                 folder = work / arm / f"{d}-{r}"
-                (last if arm == "race" else jobs).append(
+                (last if arm in LAST else jobs).append(
                     (f"{arm} {d} run {r}", ["biotune", "search", "--data-dir", str(work), "--dataset", d,
                                             "--seed", str(r), "--run-dir", str(folder), *COMMON, *flags],
                      folder / "best.json"))
-            folder = work / "cmp" / f"{d}-{r}"
+            folder = work / "cmp-small" / f"{d}-{r}"
             jobs.append((f"ft/ftlr {d} run {r}", ["biotune", "compare", "--data-dir", str(work), "--datasets", d,
                                                    "--methods", "ft,ftlr", "--seed", str(r), "--runs", "1",
-                                                   "--out", str(folder), *COMMON, *NEW[2:]], None))
+                                                   "--out", str(folder), *COMMON, *SMALL[2:]], None))
     return jobs + last
 
 
@@ -95,7 +97,7 @@ def _records(work: Path) -> list[dict]:
                     "train_images": b["compute"]["total"]["train_images"], "regret": max(tests) - chosen,
                     "epochs": b["train"]["epochs"],
                     "dropped": sum(c.get("dropped_at") is not None for c in b["candidates"])})
-    for ledger in sorted(work.glob("cmp/*-*/runs.jsonl")):
+    for ledger in sorted(work.glob("cmp-small/*-*/runs.jsonl")):
         run_ = int(ledger.parent.name.rsplit("-", 1)[1])
         for line in ledger.read_text().splitlines():
             r = json.loads(line)
@@ -135,13 +137,15 @@ def summary(work: Path, out: Path) -> None:
         if regret:
             lines.append(f"selection regret {arm}: mean {np.mean(regret):.2f} points, max {np.max(regret):.2f} "
                          f"(chosen vs best candidate on test, {len(regret)} runs)")
-    if "new" in means and "ref" in means:
-        worst = min(table[d, "new"][0] - table[d, "ref"][0] for d in datasets)
-        wins = sum(table[d, "new"][0] >= table[d, "ftlr"][0] for d in datasets if (d, "ftlr") in table)
-        lines.append(f"targets: mean new FTx {means['new'][1]:.1f} (<= 8: {means['new'][1] <= 8}); "
-                     f"new - ref {means['new'][0] - means['ref'][0]:+.2f} (>= -0.5: "
-                     f"{means['new'][0] - means['ref'][0] >= -0.5}); worst dataset {worst:+.2f} (>= -2: {worst >= -2}); "
-                     f"new >= ftlr on {wins} of {len(datasets)} (>= 3: {wins >= 3})")
+    for arm in ("small", "new"):
+        if arm not in means or "ref" not in means:
+            continue
+        worst = min(table[d, arm][0] - table[d, "ref"][0] for d in datasets)
+        wins = sum(table[d, arm][0] >= table[d, "ftlr"][0] for d in datasets if (d, "ftlr") in table)
+        gap = means[arm][0] - means["ref"][0]
+        lines.append(f"targets ({arm}): mean FTx {means[arm][1]:.1f} (<= 8: {means[arm][1] <= 8}); "
+                     f"{arm} - ref {gap:+.2f} (>= -0.5: {gap >= -0.5}); worst dataset {worst:+.2f} "
+                     f"(>= -2: {worst >= -2}); {arm} >= ftlr on {wins} of {len(datasets)} (>= 3: {wins >= 3})")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     (out / "summary.txt").write_text(text)

@@ -68,7 +68,7 @@ def test_a_racer_is_dropped_only_when_behind_by_more_than_the_paired_noise_and_i
     assert behind(leader, _outcome([1] * 100, 0.1, diverged=True), labels)
     gap, se = paired_gap(torch.from_numpy(leader.val_predicted), torch.from_numpy(far.val_predicted), labels)
     assert gap == pytest.approx(0.3) and 0 < se < 0.1
-    assert rung_epochs(30) == (8, 15) and rung_epochs(4) == (1, 2) and rung_epochs(1) == ()
+    assert rung_epochs(30) == (15, 22) and rung_epochs(4) == (2, 3) and rung_epochs(1) == ()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_the_race_keeps_ft_never_ends_below_it_and_resumes_without_rerunning(ses
             assert c.runs[0].epochs_run == c.dropped_at
     assert len(json.loads((tmp_path / "a" / "race.json").read_text())["laps"]) == len(executor.requests)
 
-    killed = _Counting(session, fail_after=5)  # 4 racers at rung 1, then one more
+    killed = _Counting(session, fail_after=5)  # 4 racers at the first rung, then one more
     with pytest.raises(KeyboardInterrupt):
         race(killed, _candidates(n), session.blocks, labels, folder=tmp_path / "b", **kw)
     again = _Counting(session)

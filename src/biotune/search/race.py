@@ -2,7 +2,7 @@
 ones clearly behind dropped at rungs, the survivors finished, the best on validation chosen.
 
 Every racer trains on all training data with the same seed, hence the same head start and batch
-order; they differ only in their configuration. At each rung (by default after 25 % and 50 % of
+order; they differ only in their configuration. At each rung (by default after 50 % and 75 % of
 the epochs) every racer still running pauses (its state written to a checkpoint) and is
 compared with the leader (the best validation accuracy so far, ties: the lower validation loss)
 image by image on the whole validation set: a racer is dropped when the leader is ahead by more
@@ -11,7 +11,7 @@ the lower validation loss. Survivors go on from their checkpoints.
 
 Why: the top-k × seeds final phase spends 3–6 full runs to choose among configurations whose
 differences are often within one run's noise; a race spends full runs only on the ones still
-in contention (about 1.5–2 FT runs for 3 finalists and FT), and since plain FT races too, the
+in contention (about 2.5–3 FT runs for 3 finalists and FT, against 6 for top-3 × 2 seeds), and since plain FT races too, the
 configuration chosen is never below FT on validation: a racer is only dropped behind a leader
 whose best accuracy can only grow, so the chosen racer's validation accuracy is at least FT's
 best (up to where FT ran).
@@ -41,8 +41,11 @@ from .genome import decode, full_finetune_genome
 
 __all__ = ["RUNGS", "Z", "rung_epochs", "behind", "RaceLedger", "race", "FT_LABEL"]
 
-#: Rungs, as shares of the epoch budget, at which racers are compared.
-RUNGS = (0.25, 0.5)
+#: Rungs, as shares of the epoch budget, at which racers are compared. Not earlier than half way:
+#: with a rung at 25 % (epoch 1 of 4) the search's best configuration on Flowers-102 stood at 5 %
+#: validation accuracy after its first epoch (a high rate, still warming its new head) and was
+#: dropped, while it ranked first over 4 epochs (benchmarks/README.md, "search_cost.sh").
+RUNGS = (0.5, 0.75)
 #: A racer is dropped when the leader is ahead by more than this many paired standard errors.
 Z = 2.0
 FT_LABEL = "FT"
@@ -53,7 +56,7 @@ def rung_epochs(epochs: int, rungs: Sequence[float] = RUNGS) -> tuple[int, ...]:
 
     Example:
         >>> rung_epochs(30), rung_epochs(4), rung_epochs(1)
-        ((8, 15), (1, 2), ())
+        ((15, 22), (2, 3), ())
     """
     at = {max(1, int(round(r * epochs))) for r in rungs}
     return tuple(sorted(e for e in at if e < epochs))
@@ -79,14 +82,15 @@ class RaceLedger:
 
     Args:
         folder: where the ledger and the racers' checkpoints live.
-        racers: the racers' genomes; a ledger of other racers (or seed) is started afresh.
+        racers: the racers' genomes; a ledger of other racers (or seed, or stages) is started afresh.
     """
 
-    def __init__(self, folder: str | Path, racers: Sequence[tuple[float, ...]], seed: int) -> None:
+    def __init__(self, folder: str | Path, racers: Sequence[tuple[float, ...]], seed: int,
+                 stages: Sequence[int | None] = ()) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "race.json"
-        self.header = {"racers": [list(g) for g in racers], "seed": int(seed)}
+        self.header = {"racers": [list(g) for g in racers], "seed": int(seed), "stages": list(stages)}
         self.laps: dict[tuple[int, int], RunOutcome] = {}
         if self.path.is_file():
             saved = json.loads(self.path.read_text())
@@ -156,9 +160,9 @@ def race(
         is_ft.append(True)
     labels_of = [FT_LABEL if f else "" for f in is_ft]
     decoded = [decode(np.asarray(g), base_lr) for g in genes]
-    ledger = RaceLedger(folder, genes, seed)
-    weights = None if weights_dir is None else Path(weights_dir)
     stages: tuple[int | None, ...] = (*rung_epochs(epochs, rungs), None)
+    ledger = RaceLedger(folder, genes, seed, stages)
+    weights = None if weights_dir is None else Path(weights_dir)
     alive, dropped, last = list(range(len(genes))), {}, {}
     seconds = dict.fromkeys(alive, 0.0)
     for stage, stop in enumerate(stages):
