@@ -353,7 +353,7 @@ class SearchConfig(_Serialisable):
         final: the final phase: ``"top-k"`` fine-tunes each of the top-k configurations with
             ``final_runs`` seeds and chooses the best mean validation accuracy (the paper's);
             ``"race"`` races the top-k and plain FT with one seed, drops the ones clearly behind
-            at 50 % and 75 % of the epochs, and chooses the best finisher on validation — never
+            at 75 % of the epochs, and chooses the best finisher on validation — never
             below FT there (see :mod:`biotune.search.race`).
     """
 

@@ -68,7 +68,8 @@ def test_a_racer_is_dropped_only_when_behind_by_more_than_the_paired_noise_and_i
     assert behind(leader, _outcome([1] * 100, 0.1, diverged=True), labels)
     gap, se = paired_gap(torch.from_numpy(leader.val_predicted), torch.from_numpy(far.val_predicted), labels)
     assert gap == pytest.approx(0.3) and 0 < se < 0.1
-    assert rung_epochs(30) == (15, 22) and rung_epochs(4) == (2, 3) and rung_epochs(1) == ()
+    assert rung_epochs(30) == (22,) and rung_epochs(4) == (3,) and rung_epochs(1) == ()
+    assert rung_epochs(4, (0.25, 0.5)) == (1, 2)
 
 
 @pytest.fixture(scope="module")

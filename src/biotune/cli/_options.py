@@ -181,8 +181,8 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--final", choices=FINAL_PHASES, default=None,
                    help="the final phase: 'top-k' fine-tunes the top-k configurations with --final-runs seeds each and "
                         "chooses the best mean validation accuracy (the paper's); 'race' races the top-k and plain FT "
-                        "with one seed, drops a racer clearly behind the leader on validation at 50%% and 75%% of the "
-                        "epochs, and chooses the best finisher: never below FT on validation, about 3 FT runs instead "
+                        "with one seed, drops a racer clearly behind the leader on validation at 75%% of the epochs, "
+                        "and chooses the best finisher: never below FT on validation, 3.25-4 FT runs instead "
                         f"of top-k x seeds ({_both('search', 'final')})")
     g.add_argument("--seed", type=int, default=None, help="seed of the search, splits and training runs (default: 0)")
 

@@ -2,8 +2,8 @@
 ones clearly behind dropped at rungs, the survivors finished, the best on validation chosen.
 
 Every racer trains on all training data with the same seed, hence the same head start and batch
-order; they differ only in their configuration. At each rung (by default after 50 % and 75 % of
-the epochs) every racer still running pauses (its state written to a checkpoint) and is
+order; they differ only in their configuration. At each rung (by default one, after 75 % of the
+epochs) every racer still running pauses (its state written to a checkpoint) and is
 compared with the leader (the best validation accuracy so far, ties: the lower validation loss)
 image by image on the whole validation set: a racer is dropped when the leader is ahead by more
 than :data:`Z` paired standard errors (:func:`biotune.training.metrics.paired_gap`) *and* has
@@ -11,7 +11,7 @@ the lower validation loss. Survivors go on from their checkpoints.
 
 Why: the top-k × seeds final phase spends 3–6 full runs to choose among configurations whose
 differences are often within one run's noise; a race spends full runs only on the ones still
-in contention (about 2.5–3 FT runs for 3 finalists and FT, against 6 for top-3 × 2 seeds), and since plain FT races too, the
+in contention (3.25–4 FT runs for 3 finalists and FT, against 6 for top-3 × 2 seeds), and since plain FT races too, the
 configuration chosen is never below FT on validation: a racer is only dropped behind a leader
 whose best accuracy can only grow, so the chosen racer's validation accuracy is at least FT's
 best (up to where FT ran).
@@ -41,11 +41,12 @@ from .genome import decode, full_finetune_genome
 
 __all__ = ["RUNGS", "Z", "rung_epochs", "behind", "RaceLedger", "race", "FT_LABEL"]
 
-#: Rungs, as shares of the epoch budget, at which racers are compared. Not earlier than half way:
-#: with a rung at 25 % (epoch 1 of 4) the search's best configuration on Flowers-102 stood at 5 %
-#: validation accuracy after its first epoch (a high rate, still warming its new head) and was
-#: dropped, while it ranked first over 4 epochs (benchmarks/README.md, "search_cost.sh").
-RUNGS = (0.5, 0.75)
+#: Rungs, as shares of the epoch budget, at which racers are compared: one, once the cosine schedule
+#: is mostly spent. Earlier rungs dropped slow starters: on Flowers-102 the search's best configuration
+#: (a high rate, its new head still warming) stood at 5 % validation accuracy after epoch 1 of 4 and
+#: 34 % after epoch 2, behind the leader by more than the noise both times, and was dropped; with
+#: the one rung at epoch 3 it won the race, +4.9 points on test (benchmarks/README.md, "search_cost.sh").
+RUNGS = (0.75,)
 #: A racer is dropped when the leader is ahead by more than this many paired standard errors.
 Z = 2.0
 FT_LABEL = "FT"
@@ -56,7 +57,7 @@ def rung_epochs(epochs: int, rungs: Sequence[float] = RUNGS) -> tuple[int, ...]:
 
     Example:
         >>> rung_epochs(30), rung_epochs(4), rung_epochs(1)
-        ((15, 22), (2, 3), ())
+        ((22,), (3,), ())
     """
     at = {max(1, int(round(r * epochs))) for r in rungs}
     return tuple(sorted(e for e in at if e < epochs))
