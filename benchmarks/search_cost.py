@@ -47,9 +47,13 @@ SHOWN = ("small", "new", "ref", "today", "ftlr", "race", "ft")
 
 
 def _jobs(work: Path, runs: int) -> list[tuple[str, list[str], Path]]:
-    """Every job, run by run; the arms in :data:`LAST` after all the others."""
+    """Every job, run by run; the arms in :data:`LAST` after all the others, except that the first two
+    runs of ``race`` (the race alone, on the reference's search) come before the third run."""
     jobs, last = [], []
     for r in range(runs):
+        if r == 2:
+            jobs += [job for job in last if job[0].startswith("race ")]
+            last = [job for job in last if not job[0].startswith("race ")]
         for d in DATASETS:
             for arm, flags in ARMS.items():
                 folder = work / arm / f"{d}-{r}"

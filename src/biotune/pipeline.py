@@ -75,11 +75,13 @@ class RunResult:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings a resumed run must repeat; reading options at their defaults are left out, so that
-    run directories written before those options existed still resume."""
+    """The settings a resumed run must repeat; reading options and the final phase at their defaults are
+    left out, so that run directories written before those options existed still resume."""
     out = {k: v for k, v in config.items() if k in ("model", "data", "train", "search")}
     if isinstance(out.get("data"), dict):
         out["data"] = {k: v for k, v in out["data"].items() if READ_DEFAULTS.get(k, object()) != v}
+    if isinstance(out.get("search"), dict) and out["search"].get("final") == "top-k":
+        out["search"] = {k: v for k, v in out["search"].items() if k != "final"}
     return out
 
 

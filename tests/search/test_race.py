@@ -155,3 +155,17 @@ def test_a_search_with_a_race_delivers_the_best_finisher_and_reports_each_racer(
     assert result.selection.chosen == [c["chosen"] for c in best["candidates"]].index(True)
     first = [r for r in result.search.history if r.source == "trained" and r.candidate.generation == 0]
     assert len({r.fold for r in first}) == 1 and len({r.evaluation.seeds for r in first}) == 1  # paired
+
+
+@pytest.mark.slow
+def test_a_run_directory_written_before_the_race_existed_still_resumes(tmp_path):
+    config = CONFIG.replace(search={"population": 3, "elites": 1, "generations": 0, "seeds": 1, "top_k": 1,
+                                    "final_runs": 1})
+    runtime = RuntimeConfig(threads=1, cache_memory="0")
+    run(config, run_dir=tmp_path / "r", runtime=runtime)
+    saved = tmp_path / "r" / "config.json"
+    document = json.loads(saved.read_text())
+    del document["search"]["final"]  # as an older version wrote it
+    saved.write_text(json.dumps(document))
+    again = run(config, run_dir=tmp_path / "r", runtime=runtime)
+    assert again.search.history and all(r.source in ("study", "memo") for r in again.search.history)
