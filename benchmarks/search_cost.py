@@ -141,6 +141,13 @@ def summary(work: Path, out: Path) -> None:
         if regret:
             lines.append(f"selection regret {arm}: mean {np.mean(regret):.2f} points, max {np.max(regret):.2f} "
                          f"(chosen vs best candidate on test, {len(regret)} runs)")
+    ref = {(r["dataset"], r["run"]): r["test_accuracy"] for r in records if r["arm"] == "ref"}
+    for arm in ("race", "small", "today", "new"):
+        diffs = [100 * (r["test_accuracy"] - ref[r["dataset"], r["run"]]) for r in records
+                 if r["arm"] == arm and (r["dataset"], r["run"]) in ref]
+        if len(diffs) > 1:
+            lines.append(f"paired with ref (same dataset, run and seed): {arm} - ref = {np.mean(diffs):+.2f} "
+                         f"± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.2f} (SE) points over {len(diffs)} runs")
     for arm in ("small", "new"):
         if arm not in means or "ref" not in means:
             continue
