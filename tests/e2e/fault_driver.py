@@ -31,20 +31,22 @@ def main() -> int:
     from biotune.search.evolution import MemeticEvolution
     from biotune.training.session import Session
 
-    evaluate = trainer.evaluate_accuracy
     perform = Session.perform
 
-    def counted_evaluate(*a, **k):
-        result = evaluate(*a, **k)
-        if (point == "evaluation" and not state["final"]) or (point == "final" and state["final"]):
-            tick()
-        return result
+    def counted(evaluate):  # the trainer scores each epoch with evaluate, the test split with evaluate_accuracy
+        def counted_evaluate(*a, **k):
+            result = evaluate(*a, **k)
+            if (point == "evaluation" and not state["final"]) or (point == "final" and state["final"]):
+                tick()
+            return result
+        return counted_evaluate
 
     def flagged_perform(self, request, on_epoch=None):
         state["final"] = request.fold is None
         return perform(self, request, on_epoch)
 
-    trainer.evaluate_accuracy = counted_evaluate
+    trainer.evaluate = counted(trainer.evaluate)
+    trainer.evaluate_accuracy = counted(trainer.evaluate_accuracy)
     Session.perform = flagged_perform
     if point == "generation":
         from biotune.search.engines import _BatchSampler

@@ -51,7 +51,11 @@ def test_profile_leaves_the_model_as_it_was_and_checkpointing_costs_less_per_ima
     if not profile.measured:
         pytest.skip("this kernel refuses to reset the peak: the figures are estimates")
     assert profile.step_per_image > profile.eval_per_image > 0
-    assert profile.ckpt_per_image is not None and profile.ckpt_per_image < profile.step_per_image
+    # Resident-memory peaks on a CPU only ever add noise (heap growth), so the least of a few profiles is
+    # the estimate: one profile alone put checkpointing above the plain step in one CI run in three.
+    profiles = [profile, *(profile_memory(tuner, session.splits.x_val[:8]) for _ in range(2))]
+    assert all(p.ckpt_per_image is not None for p in profiles)
+    assert min(p.ckpt_per_image for p in profiles) < min(p.step_per_image for p in profiles)
 
 
 def test_a_limit_too_small_exits_2_names_the_minimum_and_writes_nothing(tmp_path, capsys):
