@@ -26,7 +26,7 @@ from biotune.data import store as store_module
 from biotune.data.dataset import load_dataset, preprocess
 from biotune.errors import BioTuneError
 from biotune.training.images import DeviceImages, augment
-from biotune.training.session import RunRequest, Session
+from biotune.training.session import Session
 
 
 def _folder(root: Path, per_class: int = 4, size: int = 20) -> Path:
@@ -50,7 +50,7 @@ def _writes(monkeypatch) -> list:
 def test_an_npz_is_stored_once_mapped_and_keeps_its_content_and_fingerprint(small_npz, tmp_path, monkeypatch):
     writes = _writes(monkeypatch)
     memory = load_dataset(str(small_npz))
-    stored = load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=224)
+    load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=224)
     again = load_dataset(str(small_npz), store_dir=tmp_path / "s", image_size=64)  # 8 px < both sizes: one store
     assert len(writes) == 1 and isinstance(again.x_train, FileRows)
     assert np.array_equal(np.asarray(again.x_train), memory.x_train) and np.array_equal(again.y_test, memory.y_test)
