@@ -155,12 +155,13 @@ def race(
     genes = [tuple(float(g) for g in c) for c in candidates]
     if not genes:
         raise BioTuneError("a race needs at least one candidate configuration")
-    is_ft = [bool(np.allclose(decode(np.asarray(g), base_lr).lrs, base_lr)) for g in genes]
+    decoded = [decode(np.asarray(g), base_lr) for g in genes]
+    is_ft = [bool(np.allclose(d.lrs, base_lr)) for d in decoded]
     if with_ft and not any(is_ft):
         genes.append(tuple(float(g) for g in full_finetune_genome(len(blocks))))
+        decoded.append(decode(np.asarray(genes[-1]), base_lr))
         is_ft.append(True)
     labels_of = [FT_LABEL if f else "" for f in is_ft]
-    decoded = [decode(np.asarray(g), base_lr) for g in genes]
     stages: tuple[int | None, ...] = (*rung_epochs(epochs, rungs), None)
     ledger = RaceLedger(folder, genes, seed, stages)
     weights = None if weights_dir is None else Path(weights_dir)
