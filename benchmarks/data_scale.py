@@ -227,13 +227,15 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def search_peak(dataset: Path, work: Path, cache_memory: str = "2G") -> dict:
-    """Peak RSS of a `biotune search` process tree until its first evaluation is stored."""
+def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations: int = 1) -> dict:
+    """Peak RSS of a `biotune search` process tree until its first ``evaluations`` evaluations are stored."""
     run_dir = work / f"run40k-cache{cache_memory}"
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(dataset), "--image-size", "224",
            "--model", "test_efficientnet", "--weights", "random", "--preset", "quick", "--epochs", "1",
-           "--threads", "2", "--run-dir", str(run_dir), "--no-progress", "--cache-memory", cache_memory]
+           "--threads", "2", "--run-dir", str(run_dir), "--no-progress"]
+    if cache_memory != "auto":  # auto: the plan sizes the cache from --memory-limit's default
+        cmd += ["--cache-memory", cache_memory]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=_env(SRC, work / "data"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -250,7 +252,7 @@ def search_peak(dataset: Path, work: Path, cache_memory: str = "2G") -> dict:
                     done = con.execute("select count(*) from trials where state in ('COMPLETE', 'PRUNED')").fetchone()[0]
             except sqlite3.Error:
                 done = 0
-            if done:
+            if done >= evaluations:
                 first = time.perf_counter() - start
                 break
         time.sleep(0.2)
@@ -258,8 +260,9 @@ def search_peak(dataset: Path, work: Path, cache_memory: str = "2G") -> dict:
     proc.wait()
     if first is None:
         raise RuntimeError("the search ended before its first evaluation:\n" + "".join(lines[-40:]))
-    return {"peak_tree_rss": peak, "seconds_to_first_evaluation": first,
-            "plan": [line.strip() for line in lines if line.startswith("memory:")]}
+    return {"peak_tree_rss": peak, "evaluations": evaluations, "seconds_to_first_evaluation" if evaluations == 1
+            else "seconds": first,
+            "plan": [line.strip() for line in lines if line.startswith("memory")]}
 
 
 def main() -> None:
@@ -268,7 +271,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "data_scale.json")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "biotune-data-scale")
     parser.add_argument("--search-cache-memory", default=None,
-                        help="only measure the 40,000-image search, with this --cache-memory")
+                        help="only measure the 40,000-image search, with this --cache-memory ('auto': the planned default)")
+    parser.add_argument("--search-evaluations", type=int, default=1,
+                        help="with --search-cache-memory: measure until this many evaluations are stored")
     parser.add_argument("--only", choices=("scale", "equivalence"), default=None,
                         help="run one part (default: both; results are merged into --out)")
     args = parser.parse_args()
@@ -284,7 +289,10 @@ def main() -> None:
 
     if args.search_cache_memory:
         big = _synthetic(work / "synthetic-40000-64px.npz", 40000, 40, 64)
-        report(f"search40k/new/cache-memory-{args.search_cache_memory}", search_peak(big, work, args.search_cache_memory))
+        key = f"search40k/new/cache-memory-{args.search_cache_memory}"
+        if args.search_evaluations > 1:
+            key += f"/{args.search_evaluations}-evaluations"
+        report(key, search_peak(big, work, args.search_cache_memory, args.search_evaluations))
         return
     if args.only != "scale":
         equivalence(old, work, report)

@@ -20,6 +20,7 @@ generation g trains on fold g mod n_folds, so at equal settings they cost the sa
 
 from __future__ import annotations
 
+import warnings
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -39,7 +40,8 @@ from .evolution import (
 )
 from .genome import check_initial, is_valid, random_genome, warm_start_genomes
 
-__all__ = ["STRATEGIES", "SearchStrategy", "RandomSearch", "TPESearch", "make_engine", "warm_start"]
+__all__ = ["STRATEGIES", "SearchStrategy", "RandomSearch", "OptunaSearch", "TPESearch", "CmaEsSearch", "StructuredSearch",
+           "structured_genome", "make_engine", "warm_start"]
 
 _MAX_REDRAWS = 1000
 
@@ -125,7 +127,7 @@ class RandomSearch(_BatchSampler):
     Example:
         >>> engine = RandomSearch(3, (4, 4), rng=np.random.default_rng(0))
         >>> while not engine.done:
-        ...     engine.tell([float(c.array.sum()) for c in engine.ask()])
+        ...     _ = engine.tell([float(c.array.sum()) for c in engine.ask()])
         >>> engine.generation
         1
     """
@@ -139,11 +141,15 @@ class RandomSearch(_BatchSampler):
         return random_genome(self.rng, self.n_blocks, head=self.head)
 
 
-class TPESearch(_BatchSampler):
-    """Optuna's TPE sampler over the genome space, asked one batch at a time.
+class OptunaSearch(_BatchSampler):
+    """An Optuna sampler over the genome space, asked one batch at a time.
 
-    The first batch comes from the prior (``rng``); the sampler then learns from every told
-    batch. Deterministic for a seed, so a resumed search replays it exactly.
+    The first batch comes from the prior (``rng``), enqueued so that the sampler learns from it
+    like from any other batch; an invalid proposal (every block frozen, or the head with
+    ``head``) is told as failed and re-drawn (the prior's rule), never repaired. Deterministic
+    for a seed, so a resumed search replays it exactly. Subclasses choose the sampler
+    (:meth:`_sampler`) and may search a smaller space that maps onto genomes (:meth:`_space`,
+    :meth:`_prior`, :meth:`_genome`).
     """
 
     def __init__(self, n_blocks: int, batches: Sequence[int], *, rng: np.random.Generator, seed: int,
@@ -152,41 +158,158 @@ class TPESearch(_BatchSampler):
 
         super().__init__(n_blocks, batches, head, initial)
         self.rng = rng
+        self.seed = seed
         self._optuna = optuna
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=0)
-        self.study = optuna.create_study(direction="minimize", sampler=sampler)
+        self.study = optuna.create_study(direction="minimize", sampler=self._sampler())
         self._names = [f"g{i:02d}" for i in range(n_blocks + 1)]
-        self._space = {n: optuna.distributions.FloatDistribution(0.0, 1.0) for n in self._names}
         self._trials: list = []
 
+    def _sampler(self):
+        raise NotImplementedError
+
+    def _space(self) -> dict:
+        """The distributions the sampler proposes in (default: one gene per name, in [0, 1])."""
+        return {n: self._optuna.distributions.FloatDistribution(0.0, 1.0) for n in self._names}
+
+    def _prior(self) -> tuple[dict | None, np.ndarray]:
+        """A first-batch draw: its parameters (None: the sampler does not learn from it) and genome."""
+        genome = random_genome(self.rng, self.n_blocks, head=self.head)
+        return dict(zip(self._names, genome)), genome
+
+    def _genome(self, params: dict) -> np.ndarray:
+        return np.array([params[n] for n in self._names])
+
+    def _warm(self, genome: np.ndarray) -> dict | None:
+        """The parameters of a warm-start genome, or None when the space cannot hold it."""
+        return dict(zip(self._names, genome))
+
+    def _enqueue(self, params: dict | None) -> None:
+        if params is not None:
+            self.study.enqueue_trial(params)
+            self._trials.append(self.study.ask(self._space()))
+        else:
+            self._trials.append(None)
+
     def ask(self) -> list[Candidate]:
-        if self._pending is None and self.generation == -1:
+        if self._pending is None and self.generation == -1 and not self._trials:
             # The warm start: enqueued and asked first (Optuna's queue is first in, first out), so
-            # the trials stay in slot order and TPE learns from these runs like any other.
+            # the trials stay in slot order and the sampler learns from these runs like any other.
             for genome in self.initial:
-                self.study.enqueue_trial(dict(zip(self._names, genome)))
-                self._trials.append(self.study.ask(self._space))
+                self._enqueue(self._warm(genome))
         return super().ask()
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
         if generation == 0:
-            genome = random_genome(self.rng, self.n_blocks, head=self.head)
-            self.study.enqueue_trial(dict(zip(self._names, genome)))
-            self._trials.append(self.study.ask(self._space))
+            params, genome = self._prior()
+            self._enqueue(params)
             return genome
         for _ in range(_MAX_REDRAWS):
-            trial = self.study.ask(self._space)
-            genome = np.array([trial.params[n] for n in self._names])
+            trial = self.study.ask(self._space())
+            genome = self._genome(trial.params)
             if is_valid(genome, head=self.head):
                 self._trials.append(trial)
                 return genome
             self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
-        raise BioTuneError(f"TPE proposed {_MAX_REDRAWS} invalid genomes in a row")
+        raise BioTuneError(f"{type(self).__name__} proposed {_MAX_REDRAWS} invalid genomes in a row")
 
     def _learn(self, fitness: np.ndarray) -> None:
         for trial, value in zip(self._trials, fitness):
-            self.study.tell(trial, float(value))
+            if trial is not None:
+                self.study.tell(trial, float(value))
         self._trials = []
+
+
+class TPESearch(OptunaSearch):
+    """Optuna's TPE over the genome space. Optuna's default of 10 random start-up trials would make
+    TPE random search on small budgets, hence none: the prior's first batch is its start-up."""
+
+    def _sampler(self):
+        return self._optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=0)
+
+
+class CmaEsSearch(OptunaSearch):
+    """CMA-ES (Optuna's ``CmaEsSampler``, which needs the ``cmaes`` package) over the genome space.
+
+    The first batch is the prior's, like TPE's; CMA-ES then starts at the best genome found so far
+    with a step size of :attr:`SIGMA0` (a fifth of a gene's range) and spends one CMA generation per
+    later batch (its population size is the batch's). It is built after the first batch is told, so
+    a resume rebuilds it the same way.
+    """
+
+    SIGMA0 = 0.2
+
+    def _sampler(self):
+        return self._optuna.samplers.RandomSampler(seed=self.seed)  # replaced after the first batch
+
+    def _draw(self, generation: int, slot: int) -> np.ndarray:
+        if generation >= 1 and not isinstance(self.study.sampler, self._optuna.samplers.CmaEsSampler):
+            try:
+                import cmaes  # noqa: F401  (Optuna imports it lazily; fail here with the install line)
+            except ImportError as err:
+                raise BioTuneError("--strategy cmaes needs the `cmaes` package: pip install 'biotune[cmaes]'") from err
+            with warnings.catch_warnings():
+                # Optuna 4.9 deprecated x0 and sigma0 (removal planned for 6.0); their replacement,
+                # source_trials (WS-CMA-ES), needs 10 or more finished trials, more than a first batch.
+                warnings.simplefilter("ignore", FutureWarning)
+                self.study.sampler = self._optuna.samplers.CmaEsSampler(
+                    x0=dict(zip(self._names, self._best[1])), sigma0=self.SIGMA0, n_startup_trials=0, seed=self.seed,
+                    popsize=max(self.batches[1:]), warn_independent_sampling=False)
+        return super()._draw(generation, slot)
+
+
+class StructuredSearch(OptunaSearch):
+    """TPE over four numbers instead of one gene per block (after Quick-Tune's space, Arango et
+    al. 2024): the share of leading blocks frozen, the learning-rate multiplier of the last
+    body block, a layer-wise decay of that rate towards the input, and the head's multiplier.
+
+    Each proposal maps to a genome of the paper's space (:func:`structured_genome`), so decoding,
+    training, the study and the final phase are the genome search's. The first batch is drawn
+    uniformly in the four numbers. Warm-start genomes are evaluated but not told to the sampler
+    (they need not lie in this space).
+    """
+
+    #: The four numbers and their ranges: freeze share, body and head genes (multipliers
+    #: 10^(2(ν − 0.5)), 0.1–10), per-block decay of the body's rate.
+    RANGES = {"freeze": (0.0, 1.0), "body": (0.0, 1.0), "decay": (0.5, 1.0), "head": (0.0, 1.0)}
+
+    def _sampler(self):
+        return self._optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=0)
+
+    def _space(self) -> dict:
+        return {n: self._optuna.distributions.FloatDistribution(lo, hi) for n, (lo, hi) in self.RANGES.items()}
+
+    def _prior(self) -> tuple[dict | None, np.ndarray]:
+        params = {n: float(lo + (hi - lo) * self.rng.random()) for n, (lo, hi) in self.RANGES.items()}
+        return params, self._genome(params)
+
+    def _genome(self, params: dict) -> np.ndarray:
+        return structured_genome(self.n_blocks, **params)
+
+    def _warm(self, genome: np.ndarray) -> dict | None:
+        return None
+
+
+def structured_genome(n_blocks: int, freeze: float, body: float, decay: float, head: float) -> np.ndarray:
+    """The genome of a structured configuration (:class:`StructuredSearch`): the first
+    ``floor(freeze · n_blocks)`` blocks frozen (never the head, the last block), the last body block
+    at gene ``body``, each block below it at ``decay`` times the rate of the one above, the head at
+    gene ``head``. Genes are kept at least :data:`_MIN_GENE` so that a trainable block stays above
+    the threshold (half the smallest trainable gene; 0 when nothing is frozen).
+
+    Example:
+        >>> structured_genome(4, freeze=0.5, body=0.5, decay=0.1 ** 0.5, head=1.0).round(3).tolist()
+        [0.0, 0.0, 0.5, 1.0, 0.25]
+    """
+    frozen = min(n_blocks - 1, int(np.floor(freeze * n_blocks)))
+    depth = np.arange(n_blocks - 1)[::-1]  # 0 for the last body block, growing towards the input
+    genes = np.append(body + depth * np.log10(decay) / 2.0, head)
+    genes = np.clip(genes, _MIN_GENE, 1.0)
+    genes[:frozen] = 0.0
+    threshold = genes[frozen:].min() / 2.0 if frozen else 0.0
+    return np.append(genes, threshold)
+
+
+_MIN_GENE = 0.02  # multiplier 0.11: a trainable block never sits on a frozen block's gene (0)
 
 
 def warm_start(search: SearchConfig, n_blocks: int) -> list[tuple[str, np.ndarray]]:
@@ -214,6 +337,20 @@ def make_engine(strategy: str, n_blocks: int, search: SearchConfig, seed: int) -
 def _tpe(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> TPESearch:
     batches = batch_sizes(search.population, search.elites, search.generations)
     return TPESearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
+
+
+@STRATEGIES.register("cmaes", "CMA-ES (Optuna's sampler; needs the `cmaes` package) over the paper's genome space, "
+                              "started at the first batch's best")
+def _cmaes(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> CmaEsSearch:
+    batches = batch_sizes(search.population, search.elites, search.generations)
+    return CmaEsSearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
+
+
+@STRATEGIES.register("structured", "TPE over 4 numbers (Quick-Tune's space): leading blocks frozen, the body's "
+                                   "rate, its layer-wise decay, the head's rate")
+def _structured(n_blocks: int, search: SearchConfig, *, seed: int, rng, head: bool, initial) -> StructuredSearch:
+    batches = batch_sizes(search.population, search.elites, search.generations)
+    return StructuredSearch(n_blocks, batches, rng=rng, seed=seed, head=head, initial=initial)
 
 
 @STRATEGIES.register("random", "random search with the initial population's prior")
