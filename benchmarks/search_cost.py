@@ -14,6 +14,8 @@ no job starts after ``--deadline`` seconds. Arms, on the same seeds and splits (
 - ``race``: the reference's search with ``--final race``;
 - ``small``: ``--final race`` with a smaller search: 4 + 6 evaluations on half the data (``SMALL``);
 - ``new``: ``--final race`` with 6 + 10 evaluations on a quarter of the data (``NEW``);
+- ``cmaes``, ``structured``: the reference with ``--strategy cmaes`` (CMA-ES over the genome space)
+  or ``--strategy structured`` (TPE over Quick-Tune's four numbers);
 - ``ftlr``, ``ft``: ``biotune compare``'s tuned-LR FT at ``small``'s search budget (10 runs on
   half the data, then its final run: about 6 FTx), and FT.
 
@@ -41,14 +43,26 @@ COMMON = ["--image-size", "64", "--no-progress", "--threads", "1"]
 NEW = ["--final", "race", "--population", "6", "--elites", "2", "--generations", "1", "--fraction", "0.25"]
 SMALL = ["--final", "race", "--population", "4", "--elites", "1", "--generations", "1"]
 ARMS = {"small": SMALL, "ref": [], "today": ["--warm-start", "--pruner", "median"], "new": NEW,
-        "race": ["--final", "race"]}
-LAST = ("new", "race")  # run after every other job: the arms that only explain
-SHOWN = ("small", "new", "ref", "today", "ftlr", "race", "ft")
+        "race": ["--final", "race"], "cmaes": ["--strategy", "cmaes"], "structured": ["--strategy", "structured"]}
+LAST = ("new", "race", "cmaes", "structured")  # run after every other job: the arms that only explain
+SHOWN = ("small", "new", "ref", "today", "ftlr", "race", "cmaes", "structured", "ft")
+PAIRED = ("race", "small", "today", "new", "cmaes", "structured")
 
 
-def _jobs(work: Path, runs: int) -> list[tuple[str, list[str], Path]]:
+def _jobs(work: Path, runs: int, only: str | None = None) -> list[tuple[str, list[str], Path]]:
     """Every job, run by run; the arms in :data:`LAST` after all the others, except that the first two
-    runs of ``race`` (the race alone, on the reference's search) come before the third run."""
+    runs of ``race`` (the race alone, on the reference's search) come before the third run.
+
+    ``only`` (``"cmaes:0,1 race:2 cmp:2"``): just these arms' runs, in this order (``cmp``: ft/ftlr)."""
+    if only:
+        every = {job[0]: job for job in _jobs(work, runs)}
+        out = []
+        for part in only.split():
+            arm, _, numbers = part.partition(":")
+            for r in (int(x) for x in numbers.split(",")):
+                for d in DATASETS:
+                    out.append(every[f"ft/ftlr {d} run {r}" if arm == "cmp" else f"{arm} {d} run {r}"])
+        return out
     jobs, last = [], []
     for r in range(runs):
         if r == 2:
@@ -68,7 +82,7 @@ def _jobs(work: Path, runs: int) -> list[tuple[str, list[str], Path]]:
     return jobs + last
 
 
-def run(work: Path, runs: int, jobs: int, deadline: float) -> None:
+def run(work: Path, runs: int, jobs: int, deadline: float, only: str | None = None) -> None:
     start = time.time()
     (work / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -86,7 +100,7 @@ def run(work: Path, runs: int, jobs: int, deadline: float) -> None:
         print(f"{name}: exit {code} in {time.time() - t0:.0f} s", flush=True)
 
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(one, _jobs(work, runs)))
+        list(pool.map(one, _jobs(work, runs, only)))
 
 
 def _records(work: Path) -> list[dict]:
@@ -136,13 +150,13 @@ def summary(work: Path, out: Path) -> None:
              for arm in SHOWN if all((d, arm) in table for d in datasets)}
     lines.append("search-cost: mean " + " ".join(f"{a}={m[0]:.2f}@{m[1]:.1f}" for a, m in means.items()))
     lines.append("runs per cell: " + " ".join(f"{d}/{a}={table[d, a][2]}" for d, a in table))
-    for arm in ("ref", "today", "race", "new", "small"):
+    for arm in ("ref", *PAIRED):
         regret = [x for d in datasets if (d, arm) in table for x in table[d, arm][3]]
         if regret:
             lines.append(f"selection regret {arm}: mean {np.mean(regret):.2f} points, max {np.max(regret):.2f} "
                          f"(chosen vs best candidate on test, {len(regret)} runs)")
     ref = {(r["dataset"], r["run"]): r["test_accuracy"] for r in records if r["arm"] == "ref"}
-    for arm in ("race", "small", "today", "new"):
+    for arm in PAIRED:
         diffs = [100 * (r["test_accuracy"] - ref[r["dataset"], r["run"]]) for r in records
                  if r["arm"] == arm and (r["dataset"], r["run"]) in ref]
         if len(diffs) > 1:
@@ -170,12 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--runs", type=int, default=3)
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--deadline", type=float, default=float("inf"))
+    r.add_argument("--only", default=None, help='just these arms\' runs, in this order, e.g. "cmaes:0,1 cmp:2"')
     s = sub.add_parser("summary")
     s.add_argument("work", type=Path)
     s.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.work, args.runs, args.jobs, args.deadline)
+        run(args.work, args.runs, args.jobs, args.deadline, args.only)
     else:
         summary(args.work, args.out)
 

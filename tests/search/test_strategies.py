@@ -73,3 +73,26 @@ def test_the_command_line_offers_every_registered_strategy_with_its_description(
     assert tuple(action.choices) == tuple(STRATEGIES)
     for entry in STRATEGIES.entries():
         assert f"{entry.name}: {entry.description}" in action.help
+
+
+@pytest.mark.parametrize("n_blocks", [2, 5, 17])
+def test_a_structured_configuration_maps_to_the_genome_it_describes(n_blocks):
+    from biotune.search.engines import structured_genome
+
+    rng = np.random.default_rng(n_blocks)
+    for _ in range(200):
+        freeze, body, head = rng.random(3)
+        decay = 0.5 + 0.5 * rng.random()
+        genome = structured_genome(n_blocks, freeze=freeze, body=body, decay=decay, head=head)
+        d = decode(genome, 1.0)
+        frozen = min(n_blocks - 1, int(freeze * n_blocks))
+        assert d.mask == (False,) * frozen + (True,) * (n_blocks - frozen)  # a leading run, never the head
+        body_lrs = np.asarray(d.lrs[frozen:-1])
+        # Each block's rate is `decay` times the one above it, until the genome's floor of 0.11.
+        assert np.all(body_lrs[:-1] <= body_lrs[1:] + 1e-12)
+        unclipped = body_lrs[:-1][body_lrs[:-1] > 0.12]
+        assert np.allclose(unclipped / body_lrs[1:][body_lrs[:-1] > 0.12], decay)
+        if 0.02 <= body and 0.02 <= head:
+            assert d.lrs[-1] == pytest.approx(10 ** (2 * (head - 0.5)))
+            if frozen < n_blocks - 1:
+                assert d.lrs[-2] == pytest.approx(10 ** (2 * (body - 0.5)))
