@@ -163,7 +163,7 @@ def summary(work: Path, out: Path) -> None:
             lines.append(f"paired with ref (same dataset, run and seed): {arm} - ref = {np.mean(diffs):+.2f} "
                          f"± {np.std(diffs, ddof=1) / np.sqrt(len(diffs)):.2f} (SE) points over {len(diffs)} runs")
     for arm in ("small", "new"):
-        if arm not in means or "ref" not in means:
+        if arm not in means or "ref" not in means or not all((d, "ref") in table for d in datasets):
             continue
         worst = min(table[d, arm][0] - table[d, "ref"][0] for d in datasets)
         wins = sum(table[d, arm][0] >= table[d, "ftlr"][0] for d in datasets if (d, "ftlr") in table)

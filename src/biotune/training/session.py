@@ -344,7 +344,9 @@ class Session:
         reset_peaks(tuner.device)
         resume = None
         if request.resume_from is not None:
-            resume = torch.load(request.resume_from, map_location=tuner.device, weights_only=True)
+            # On the CPU: load_state_dict places model and optimiser tensors on their parameters'
+            # device, and generator states and saved predictions must stay CPU tensors.
+            resume = torch.load(request.resume_from, map_location="cpu", weights_only=True)
         result = tuner.run(
             request.lrs, t.train, t.val, request.seed,
             keep_best=final, on_epoch=on_epoch, train_index=None if final else t.folds[request.fold], regime=regime,

@@ -508,13 +508,12 @@ class FineTuner:
         self.model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        # Generator states are CPU byte tensors: a checkpoint loaded onto a GPU moved them there.
-        shuffle.set_state(saved["shuffle"].cpu())
+        shuffle.set_state(saved["shuffle"])  # generator states: CPU byte tensors (load checkpoints to the CPU)
         if crops is not None:
-            crops.set_state(saved["crops"].cpu())
-        torch.set_rng_state(saved["rng"].cpu())
+            crops.set_state(saved["crops"])
+        torch.set_rng_state(saved["rng"])
         if saved["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), self.device)
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         state.load(saved["state"])
         return int(saved["epoch"]) + 1
 
