@@ -125,8 +125,14 @@ def _records(work: Path) -> list[dict]:
     return out
 
 
-def summary(work: Path, out: Path) -> None:
-    records = _records(work)
+def summary(work: Path | None, out: Path, extra: list[Path] = ()) -> None:
+    """Print and write the summary of ``work``'s jobs and of the records in ``extra`` (``runs.jsonl``
+    files of earlier summaries, e.g. from other machines; a later record of the same arm, dataset and
+    run replaces an earlier one)."""
+    records = _records(work) if work is not None else []
+    for path in extra:
+        records += [json.loads(line) for line in path.read_text().splitlines()]
+    records = list({(r["arm"], r["dataset"], r["run"]): r for r in records}.values())
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     epochs = next((r["epochs"] for r in records if "epochs" in r), 4)
@@ -186,13 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--deadline", type=float, default=float("inf"))
     r.add_argument("--only", default=None, help='just these arms\' runs, in this order, e.g. "cmaes:0,1 cmp:2"')
     s = sub.add_parser("summary")
-    s.add_argument("work", type=Path)
+    s.add_argument("work", type=Path, help="the run's WORK folder, or - for none (only --records)")
     s.add_argument("out", type=Path)
+    s.add_argument("--records", type=Path, nargs="*", default=[],
+                   help="runs.jsonl files of earlier summaries to merge (later ones win)")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args.work, args.runs, args.jobs, args.deadline, args.only)
     else:
-        summary(args.work, args.out)
+        summary(None if str(args.work) == "-" else args.work, args.out, args.records)
 
 
 if __name__ == "__main__":
