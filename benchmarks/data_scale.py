@@ -230,15 +230,21 @@ def _tree_rss(pid: int) -> int:
 def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations: int = 1) -> dict:
     """Peak RSS of a `biotune search` process tree until its first ``evaluations`` evaluations are stored."""
     run_dir = work / f"run40k-cache{cache_memory}"
-    shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(dataset), "--image-size", "224",
            "--model", "test_efficientnet", "--weights", "random", "--preset", "quick", "--epochs", "1",
            "--threads", "2", "--run-dir", str(run_dir), "--no-progress"]
     if cache_memory != "auto":  # auto: the plan sizes the cache from --memory-limit's default
         cmd += ["--cache-memory", cache_memory]
+    return tree_peak_until(cmd, _env(SRC, work / "data"), run_dir, evaluations)
+
+
+def tree_peak_until(cmd: list[str], env: dict, run_dir: Path, evaluations: int) -> dict:
+    """Run ``cmd`` (a ``biotune search`` writing ``run_dir``) until ``evaluations`` evaluations are in its
+    study, sampling the resident memory of its process tree every 0.2 s; then stop it. Returns the peak,
+    the seconds it took and the plan's ``memory`` lines."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=_env(SRC, work / "data"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, first = 0, None
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
@@ -259,10 +265,9 @@ def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations
     proc.kill()
     proc.wait()
     if first is None:
-        raise RuntimeError("the search ended before its first evaluation:\n" + "".join(lines[-40:]))
+        raise RuntimeError(f"the search ended before {evaluations} evaluation(s):\n" + "".join(lines[-40:]))
     return {"peak_tree_rss": peak, "evaluations": evaluations, "seconds_to_first_evaluation" if evaluations == 1
-            else "seconds": first,
-            "plan": [line.strip() for line in lines if line.startswith("memory")]}
+            else "seconds": first, "plan": [line.strip() for line in lines if line.startswith("memory")]}
 
 
 def main() -> None:

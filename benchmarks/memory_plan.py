@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from data_scale import tree_peak_until  # noqa: E402
 from memory import _generate  # noqa: E402  (the same photo folder as memory.py)
 
 
@@ -57,6 +60,10 @@ def main() -> None:
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--search", type=int, default=0, metavar="N",
+                   help="also run the default `biotune search` on the photo folder (no limit, then --memory-limit 4G) "
+                        "until N evaluations are stored (6: the quick preset's first generation), peak of its process tree")
+    p.add_argument("--only-search", action="store_true", help="skip the fine-tuning arms")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -68,8 +75,8 @@ def main() -> None:
     _generate(folder, args.images, 10)
     arms = (("photos-224px", str(folder), 224, ""), ("photos-224px-limit-4G", str(folder), 224, "4G"),
             ("digits-32px", "digits", 32, ""))
-    results = {}
-    for name, dataset, size, limit in arms:
+    results = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
+    for name, dataset, size, limit in () if args.only_search else arms:
         out = subprocess.run([sys.executable, __file__, "--child", dataset, str(size), str(work / "data"), limit,
                               str(args.threads)], capture_output=True, text=True)
         if out.returncode:
@@ -82,8 +89,23 @@ def main() -> None:
               f"ratio={r['plan'] / r['measured']:.2f} seconds={r['seconds']:.0f} settings=eval batch {r['eval_batch']}, "
               f"checkpointing {r['grad_checkpointing']}, cache {r['cache'] / 2**20:.0f} MB"
               + (f" ({'; '.join(r['changes'])})" if r["changes"] else ""), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    for limit in ("", "4G") if args.search else ():
+        name = f"search-photos{args.images}-224px{'-limit-' + limit if limit else ''}"
+        run_dir = work / name
+        cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(folder), "--image-size", "224",
+               "--threads", str(args.threads), "--run-dir", str(run_dir), "--no-progress", "--data-dir", str(work / "data")]
+        r = tree_peak_until(cmd + (["--memory-limit", limit] if limit else []), dict(os.environ), run_dir, args.search)
+        plan = re.search(r"([0-9.]+) GB RAM\S* per process x (\d+)", " ".join(r["plan"]))
+        r["plan_bytes"] = float(plan.group(1)) * 2**30 * int(plan.group(2)) if plan else None  # format_bytes: GiB
+        results[name] = r
+        ratio = r["plan_bytes"] / r["peak_tree_rss"] if r["plan_bytes"] else float("nan")
+        print(f"memory-plan: {name} evaluations={r['evaluations']} plan={(r['plan_bytes'] or 0) / 2**30:.2f} "
+              f"measured={r['peak_tree_rss'] / 2**30:.2f} ratio={ratio:.2f} seconds={r['seconds']:.0f} "
+              f"({' | '.join(r['plan'])})", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
