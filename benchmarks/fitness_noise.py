@@ -18,6 +18,14 @@ Usage::
 
     python benchmarks/fitness_noise.py --dataset flowers102 --data-dir ../shared/data \\
         --image-size 64 > benchmarks/results/fitness_noise.txt
+
+``--analyse FILE ...`` reads the tables of earlier outputs instead and prints what each way of
+spending the search's evaluations buys, as the mean Spearman correlation between the search's
+score of the configurations and their final run's test (and validation) accuracy, over every
+choice of instances (a (fold, seed) pair is an instance): *paired* — every configuration scored on
+the same k instances (what the search does: one fold and the same seeds per generation) — against
+*unpaired* — each configuration on its own k instances (as when configurations of different
+generations, on different folds, are compared), for k = 1 … all.
 """
 
 from __future__ import annotations
@@ -39,6 +47,44 @@ def _rho(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _tables(path: str) -> list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]]:
+    """Every ``config f0s0 … mean final-val final-test`` table of an output: instance names,
+    the per-instance validation accuracies (configs × instances), final val and final test."""
+    out, rows, names = [], [], None
+    for line in open(path).read().splitlines() + [""]:
+        cells = line.split()
+        if cells[:1] == ["config"]:
+            names, rows = cells[1:-3], []
+        elif names is not None and len(cells) == len(names) + 4:
+            rows.append([float(x) for x in cells[1:]])
+        elif names is not None:
+            if rows:
+                a = np.array(rows)
+                out.append((names, a[:, :len(names)], a[:, -2], a[:, -1]))
+            names = None
+    return out
+
+
+def analyse(paths: list[str], draws: int = 2000) -> None:
+    """Print the rank correlation each way of scoring buys (see the module's docstring)."""
+    rng = np.random.default_rng(0)
+    for path in paths:
+        for names, acc, val, test in _tables(path):
+            n, m = acc.shape
+            print(f"# {path}: {n} configurations x {m} instances ({' '.join(names)})")
+            for k in range(1, m + 1):
+                paired, unpaired = [], []
+                for _ in range(draws):
+                    cols = rng.choice(m, k, replace=False)
+                    score = acc[:, cols].mean(1)
+                    paired.append((_rho(score, test), _rho(score, val)))
+                    own = np.array([acc[i, rng.choice(m, k, replace=False)].mean() for i in range(n)])
+                    unpaired.append((_rho(own, test), _rho(own, val)))
+                p, u = np.mean(paired, 0), np.mean(unpaired, 0)
+                print(f"rank-correlation: {k} instance(s) paired test={p[0]:.3f} val={p[1]:.3f}   "
+                      f"unpaired test={u[0]:.3f} val={u[1]:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="flowers102")
@@ -52,7 +98,12 @@ def main() -> None:
     p.add_argument("--budgets", default="4:2,10:3", help="epochs:patience per budget, comma-separated")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--analyse", nargs="+", default=None, metavar="FILE",
+                   help="analyse the tables of earlier outputs instead of training (see above)")
     args = p.parse_args()
+    if args.analyse:
+        analyse(args.analyse)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     runtime = RuntimeConfig(data_dir=args.data_dir, threads=args.threads)
