@@ -304,6 +304,8 @@ class TrainConfig(_Serialisable):
             raise BioTuneError(f"`metric` must be 'top1' or 'balanced', got {self.metric!r}")
 
 
+_WILCOXON_MIN_SEEDS = 5  # biotune.search.pruning.WILCOXON_MIN_SEEDS (settings sit below the search layer)
+
 #: The final phases a search can end with (:attr:`SearchConfig.final`).
 FINAL_PHASES = ("top-k", "race")
 
@@ -350,6 +352,9 @@ class SearchConfig(_Serialisable):
             ``benchmarks/results/search-efficiency`` successive halving halved the search's epochs
             but lost accuracy against the search without pruning; the median pruner saved 10–40 %
             of the epochs and was within noise on unseen data, but rode on the warm start that lost.
+            ``"wilcoxon"`` prunes between seeds instead: each generation trains seed by seed and a
+            candidate stops once its runs are worse than the generation's leader's, paired, by
+            Optuna's ``WilcoxonPruner`` (needs ``seeds`` >= 5).
         final: the final phase: ``"top-k"`` fine-tunes each of the top-k configurations with
             ``final_runs`` seeds and chooses the best mean validation accuracy (the paper's);
             ``"race"`` races the top-k and plain FT with one seed, drops the ones clearly behind
@@ -390,6 +395,11 @@ class SearchConfig(_Serialisable):
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
         PRUNERS.check(self.pruner, "pruner")
+        if self.pruner == "wilcoxon" and self.seeds < _WILCOXON_MIN_SEEDS:
+            raise BioTuneError(
+                f"`pruner` 'wilcoxon' compares an evaluation's seeds one by one with the leader's and cannot stop "
+                f"one before its {_WILCOXON_MIN_SEEDS}th seed (p < 0.1 needs 4 paired seeds): use --seeds "
+                f"{_WILCOXON_MIN_SEEDS} or more, got {self.seeds}")
         if self.final not in FINAL_PHASES:
             raise BioTuneError(f"`final` must be one of {', '.join(FINAL_PHASES)}, got {self.final!r}")
 

@@ -136,3 +136,66 @@ def test_the_paper_preset_prunes_nothing_and_the_option_reaches_the_config(tmp_p
     main(["search", "--dataset", "digits", "--model", "test_efficientnet", "--weights", "random",
           "--image-size", "16", "--preset", "paper", "--epochs", "1", "--dry-run"])
     assert "pruning" not in capsys.readouterr().out.split("resolved:")[1]
+
+
+def test_wilcoxon_needs_four_paired_seeds_and_the_candidate_behind_on_average():
+    from biotune.search.pruning import wilcoxon_prunes
+
+    leader = [0.40, 0.45, 0.41, 0.43, 0.42]
+    assert not wilcoxon_prunes([0.5, 0.6, 0.55], leader[:3])  # 3 seeds: p >= 1/8
+    assert wilcoxon_prunes([0.5, 0.6, 0.55, 0.52], leader[:4])  # 4 losses in 4: p = 1/16
+    assert not wilcoxon_prunes([0.5, 0.3, 0.55, 0.52], leader[:4])  # one win: not clearly behind
+    with pytest.raises(BioTuneError, match="--seeds 5 or more"):
+        RunConfig().replace(search={"pruner": "wilcoxon", "seeds": 3})
+
+
+def _by_seed_search(tmp_path, name, accuracy, seeds=(1, 2, 3, 4, 5, 6)):
+    from biotune.config import SearchConfig
+    from biotune.search.engines import make_engine
+    from biotune.search.fitness import FitnessEvaluator
+    from biotune.search.loop import run_search
+    from biotune.search.study import TrialStore, gene_names
+    from biotune.training.executor import Executor
+    from biotune.training.session import RunOutcome
+
+    class Stub(Executor):
+        def __init__(self):
+            self.requests = []
+
+        def run(self, requests, on_result, on_epoch=None, may_start=None):
+            for i, r in enumerate(requests):
+                self.requests.append(r)
+                on_result(i, RunOutcome(accuracy(r), 1, 2, 0.1, False, train_images=100, val_accuracies=(accuracy(r),)))
+
+    search = SearchConfig(population=6, elites=2, generations=1, seeds=len(seeds), pruner="wilcoxon")
+    ex = Stub()
+    ev = FitnessEvaluator(ex, 2, seeds, 1e-3, "ctx")
+    store = TrialStore(f"sqlite:///{tmp_path / name}.db", name, gene_names(["a", "b", "c"]), {})
+    return run_search(make_engine("random", 3, search, 0), ev, store, pruner=Pruner("wilcoxon", 2)), ex
+
+
+def test_wilcoxon_stops_candidates_between_seeds_paired_and_a_resume_reads_them_back(tmp_path):
+    def accuracy(request):  # the last block's rate decides; a small per-seed effect shared by every candidate
+        return 0.3 + 0.1 * min(request.lrs[-1] / 1e-3, 5.0) + 0.01 * request.seed
+
+    result, ex = _by_seed_search(tmp_path, "w", accuracy)
+    pruned = [r for r in result.history if r.source == "trained" and r.evaluation.pruned]
+    kept = [r for r in result.history if r.source == "trained" and not r.evaluation.pruned]
+    assert pruned and kept, "with a clear leader some candidates stop and the leader runs every seed"
+    for r in pruned:
+        assert 4 <= len(r.evaluation.seeds) < 6 and r.evaluation.seeds == (1, 2, 3, 4, 5, 6)[:len(r.evaluation.seeds)]
+        assert r.evaluation.trained == len(r.evaluation.seeds) and r.evaluation.epochs == 2 * len(r.evaluation.seeds)
+    best = min(result.history, key=lambda r: r.evaluation.fitness)
+    assert not best.evaluation.pruned and len(best.evaluation.seeds) == 6
+    assert result.compute.runs == len(ex.requests) < 6 * len(result.history)  # runs saved, and counted
+    # Paired: every run of a generation used the generation's fold and the same seeds, one seed at a time.
+    by_fold = {}
+    for r in ex.requests:
+        by_fold.setdefault(r.fold, []).append(r.seed)
+    for fold_seeds in by_fold.values():
+        assert fold_seeds == sorted(fold_seeds)  # stage by stage: seed j of every candidate before seed j + 1
+    again, ex2 = _by_seed_search(tmp_path, "w", accuracy)
+    assert not ex2.requests and again.ranking == result.ranking
+    assert [r.evaluation for r in again.history if r.source == "study"] == \
+        [r.evaluation for r in result.history if r.source == "trained"]
+

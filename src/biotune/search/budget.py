@@ -64,10 +64,12 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
                                                                  limit=runtime.memory_limit_bytes))
     if s.pruner == "none":
         return estimate
-    low, high = expected_saving(s.pruner, t.epochs, batches)
+    low, high = expected_saving(s.pruner, t.epochs, batches, s.seeds)
     search = estimate.search_rounds * np.asarray(estimate.round_seconds)  # (low, high) seconds of the search
+    why = ("runs stop between seeds, after the 4th at the earliest" if s.pruner == "wilcoxon"
+           else "the first generation is never pruned")
     note = (f"pruning ({s.pruner}): expected to save {100 * low:.0f}–{100 * high:.0f}% of the search's training "
-            f"epochs (the first generation is never pruned), about {format_seconds(low * search[1])} – "
+            f"epochs ({why}), about {format_seconds(low * search[1])} – "
             f"{format_seconds(high * search[1])} of the time above")
     return dataclasses.replace(estimate, notes=estimate.notes + (note,))
 
@@ -78,7 +80,10 @@ def _advice(config: RunConfig, estimate: Estimate, price, fold: int, device: str
 
     span = lambda e: f"{format_seconds(e.low)} – {format_seconds(e.high)}"  # noqa: E731
     out = []
-    quick = config.replace(**PRESETS["quick"])
+    try:
+        quick = config.replace(**PRESETS["quick"])
+    except BioTuneError:  # the preset's settings do not go with the others (e.g. its 1 seed with --pruner wilcoxon)
+        quick = config
     if quick.to_dict() != config.to_dict():
         priced = price(quick, fold)
         if priced.high < 0.9 * estimate.high:

@@ -13,6 +13,7 @@ equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -167,7 +168,9 @@ def run_search(
     ``budget``, a generation that (with the final phase) would not fit the time limit is not
     asked: the search ends with what it has. With a ``pruner``, each run of a generation may be
     stopped early against the evaluations of the earlier generations (see
-    :mod:`biotune.search.pruning`); evaluations are indexed in the order asked.
+    :mod:`biotune.search.pruning`); evaluations are indexed in the order asked. A pruner that
+    stops between seeds (``wilcoxon``) trains each generation seed by seed instead
+    (:func:`_by_seed`).
     """
     listener = listener or SearchListener()
     n_folds = evaluator.n_folds
@@ -198,7 +201,8 @@ def run_search(
         may_start = None
         if budget is not None:
             may_start = budget.may_start if asked > 0 else _after_first(len(evaluator.seeds), budget.may_start)
-        answered = _answer_batch(batch, fold, evaluator, store, stored, listener, checks, may_start)
+        answered = _answer_batch(batch, fold, evaluator, store, stored, listener, checks, may_start,
+                                 by_seed=pruner is not None and pruner.by_seed)
         records = [r for r in answered if r is not None]
         history.extend(records)
         if len(records) < len(batch):  # the time limit came within this generation: it is not told
@@ -248,14 +252,16 @@ def _after_first(runs: int, may_start):
 
 
 def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
-                  may_start=None) -> list[EvaluationRecord | None]:
+                  may_start=None, by_seed: bool = False) -> list[EvaluationRecord | None]:
     """Records of one generation, in slot order: read back, memoised, or trained together.
 
     Each candidate's seeds (its configuration's next replicate on the fold) are fixed from
     the evidence before the batch, so a resumed batch asks exactly what the first process
     asked. A configuration asked twice is trained once and recorded as one trial; the
     duplicate is answered from the memo afterwards. With ``may_start`` (a time limit), the
-    evaluations not started are ``None`` and their trials failed, so a resume runs them.
+    evaluations not started are ``None`` and their trials failed, so a resume runs them. With
+    ``by_seed`` the batch trains seed by seed and may stop candidates between seeds (:func:`_by_seed`);
+    such an evaluation holds the seeds it ran, a prefix of those asked.
     """
     seeds = [evaluator.seeds_for(c.array, fold) for c in batch]
     records: list[EvaluationRecord | None] = [None] * len(batch)
@@ -264,8 +270,9 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
         if previous is None:
             continue
         ev = previous.evaluation
+        ran = tuple(ev.seeds)
         if (not np.array_equal(np.asarray(previous.genes), cand.array) or ev.fold != fold
-                or tuple(ev.seeds) != seeds[i]):
+                or ran != seeds[i][:len(ran)] or (len(ran) < len(seeds[i]) and not ev.pruned)):
             raise BioTuneError(
                 f"the study's trial {previous.trial_number} (generation {cand.generation}, slot {cand.slot}) "
                 "does not match this search's genome; was it written by another version or settings?"
@@ -295,9 +302,13 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
         listener.on_evaluation(records[i])
 
     try:
-        evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
-                                on_evaluated=finished, on_epoch=listener.on_epoch, pruning=[checks[i] for i in to_train],
-                                may_start=may_start)
+        if by_seed:
+            _by_seed(evaluator, [(batch[i].array, fold) for i in to_train], [seeds[i] for i in to_train], finished,
+                     listener.on_epoch, may_start)
+        else:
+            evaluator.evaluate_many([(batch[i].array, fold) for i in to_train], seeds=[seeds[i] for i in to_train],
+                                    on_evaluated=finished, on_epoch=listener.on_epoch,
+                                    pruning=[checks[i] for i in to_train], may_start=may_start)
     except BaseException as err:
         # A failed evaluation must not stay RUNNING; Ctrl-C leaves it to the resume logic.
         if not isinstance(err, KeyboardInterrupt):
@@ -306,8 +317,60 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
         raise
     for i, trial in trials.items():  # not started before the time limit: failed, evaluated on resume
         store.fail(trial, "not started: the time limit came first")
+    ran = {decode(r.candidate.array, 1.0).key(): r.evaluation.seeds for r in records if r is not None}
     for i, cand in enumerate(batch):
-        if records[i] is None and evaluator.is_memoised(cand.array, fold, seeds[i]):
-            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=seeds[i]), "memo", None)
+        # A repeat is answered with the runs its first asking got (fewer seeds when it was stopped between them).
+        its = ran.get(decode(cand.array, 1.0).key(), seeds[i]) if by_seed else seeds[i]
+        if records[i] is None and evaluator.is_memoised(cand.array, fold, its):
+            records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=its), "memo", None)
             listener.on_evaluation(records[i])
     return records
+
+
+def _by_seed(evaluator: FitnessEvaluator, items, seeds, finished, on_epoch, may_start) -> None:
+    """Evaluate ``items`` seed by seed: every candidate still running trains its j-th seed (all on the
+    same fold, and, for first evaluations, the same seeds: paired), then each one whose per-seed fitness
+    is worse than the leader's (the lowest mean so far), paired, by Optuna's ``WilcoxonPruner``
+    (:func:`~biotune.search.pruning.wilcoxon_prunes`) stops there. ``finished(j, evaluation)`` gets each
+    candidate once it stops or has run all its seeds; its evaluation holds the seeds it ran, and is
+    ``pruned`` when stopped early (by the test, or by a time limit after at least one seed)."""
+    from .pruning import wilcoxon_prunes
+
+    running = list(range(len(items)))
+    values: list[list[float]] = [[] for _ in items]
+    spent: list[list[Evaluation]] = [[] for _ in items]
+
+    def finish(i: int, stopped: bool) -> None:
+        ran = seeds[i][:len(spent[i])]
+        ev = evaluator.evaluate(items[i][0], items[i][1], seeds=ran)  # from the memo: the accuracies, the curve
+        ev = dataclasses.replace(
+            ev, seconds=sum(e.seconds for e in spent[i]), trained=sum(e.trained for e in spent[i]),
+            epochs=sum(e.epochs for e in spent[i]), images=sum(e.images for e in spent[i]),
+            ram_peak=max(e.ram_peak for e in spent[i]), device_peak=max(e.device_peak for e in spent[i]),
+            pruned_seeds=(ran[-1],) if stopped else ev.pruned_seeds)
+        finished(i, ev)
+
+    for j in range(max((len(s) for s in seeds), default=0)):
+        stage = [i for i in running if j < len(seeds[i])]
+        results = evaluator.evaluate_many([items[i] for i in stage], seeds=[(seeds[i][j],) for i in stage],
+                                          on_epoch=on_epoch, may_start=may_start)
+        for i, r in zip(stage, results):
+            if r is not None:
+                values[i].append(r.fitness)
+                spent[i].append(r)
+        if any(r is None for r in results):
+            # The time limit: a candidate ends with the seeds it ran (stopped early); one that ran none is
+            # never finished (its trial is failed, and a resume evaluates it).
+            for i in running:
+                if spent[i]:
+                    finish(i, stopped=len(spent[i]) < len(seeds[i]))
+            return
+        for i in [i for i in stage if spent[i][-1].diverged or len(values[i]) == len(seeds[i])]:
+            running.remove(i)
+            finish(i, stopped=False)
+        if not running:
+            return
+        leader = min(running, key=lambda i: float(np.mean(values[i])))
+        for i in [i for i in running if i != leader and wilcoxon_prunes(values[i], values[leader])]:
+            running.remove(i)
+            finish(i, stopped=True)

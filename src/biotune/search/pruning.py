@@ -6,6 +6,9 @@ curves of earlier evaluations and may stop the run there. A pruned evaluation ke
 fitness it reached (its last reported value), so every strategy ranks it, and its trial is
 stored as PRUNED with its intermediate values.
 
+``wilcoxon`` prunes across an evaluation's seeds instead of its epochs: see
+:func:`wilcoxon_prunes` and :func:`biotune.search.loop.run_search`.
+
 The decision is Optuna's (``MedianPruner``, ``SuccessiveHalvingPruner``, ``HyperbandPruner``),
 but it is taken where the run trains (a worker process or a Ray task), after each epoch,
 against a fixed *reference*: the evaluations of the earlier generations. Each run replays that
@@ -25,7 +28,8 @@ import numpy as np
 from .._registry import PRUNERS
 from ..errors import BioTuneError
 
-__all__ = ["PRUNERS", "Pruner", "Reference", "PruneCheck", "make_pruner", "fitness_curve", "expected_saving"]
+__all__ = ["PRUNERS", "Pruner", "Reference", "PruneCheck", "make_pruner", "fitness_curve", "expected_saving",
+           "wilcoxon_prunes", "BY_SEED", "WILCOXON_P", "WILCOXON_MIN_SEEDS"]
 
 _REDUCTION = 3  # successive halving and Hyperband keep the best third at each rung (Optuna's default)
 _STUDY = "biotune-pruning"  # Hyperband hashes the study name and trial number into brackets
@@ -66,6 +70,56 @@ def _hyperband(epochs: int):
     import optuna
 
     return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, int(epochs)), reduction_factor=_REDUCTION)
+
+
+WILCOXON_P = 0.1  # Optuna's default threshold
+#: The exact one-sided Wilcoxon p-value over n paired seeds is at least 2^-n: under 0.1 from 4 on, so
+#: with fewer than 5 seeds an evaluation could only be stopped after its last run.
+WILCOXON_MIN_SEEDS = 5
+BY_SEED = ("wilcoxon",)  # pruners that stop an evaluation between its seeds, not between epochs
+
+
+@PRUNERS.register("wilcoxon", f"Optuna's WilcoxonPruner across an evaluation's seeds: a generation trains seed by "
+                              f"seed (all its candidates on the same fold and seeds) and stops a candidate whose "
+                              f"runs are worse than the leader's, paired (needs --seeds {WILCOXON_MIN_SEEDS} or more)")
+def _wilcoxon(epochs: int):
+    import optuna
+
+    return optuna.pruners.WilcoxonPruner(p_threshold=WILCOXON_P)
+
+
+def wilcoxon_prunes(values: Sequence[float], leader: Sequence[float]) -> bool:
+    """Whether Optuna's ``WilcoxonPruner`` stops a candidate whose per-seed fitness values (1 − best
+    validation accuracy, lower is better) are ``values``, against the ``leader``'s on the same fold
+    and seeds (same order): the leader is the study's best trial, the candidate reports one value
+    per seed (step = seed index).
+
+    Example:
+        >>> wilcoxon_prunes([0.5, 0.6, 0.55, 0.52], [0.4, 0.45, 0.41, 0.43])
+        True
+        >>> wilcoxon_prunes([0.5, 0.6, 0.55], [0.4, 0.45, 0.41])  # 3 seeds: p >= 1/8
+        False
+    """
+    import warnings
+
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study = optuna.create_study(direction="minimize", pruner=_wilcoxon(0))
+        best = study.ask()
+        for step, value in enumerate(leader):
+            best.report(float(value), step)
+        study.tell(best, float(np.mean(leader)))
+        trial = study.ask()
+        for step, value in enumerate(values):
+            trial.report(float(value), step)
+        return bool(trial.should_prune())
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 @dataclass(frozen=True)
@@ -168,14 +222,16 @@ class PruneCheck:
         return should_stop
 
 
-def expected_saving(pruner: str, epochs: int, batches: Sequence[int]) -> tuple[float, float]:
+def expected_saving(pruner: str, epochs: int, batches: Sequence[int], seeds: int = 1) -> tuple[float, float]:
     """The share of search epochs pruning is expected to save, as a range ``(low, high)``.
 
-    The first generation is never pruned. ``high``: every later run stops at the rung its
+    The first generation is never pruned by the epoch pruners. ``high``: every later run stops at the rung its
     pruner's geometry gives on average (successive halving and Hyperband: two thirds stop at
     each rung; median: half stop after the first epoch); ``low``: half of that. Early stopping
     (patience) is ignored on both sides, so this is a guide, not a promise.
     """
+    if pruner in BY_SEED:  # wilcoxon: nothing when no candidate is clearly behind; at most the seeds after the 4th
+        return 0.0, max(0, seeds - (WILCOXON_MIN_SEEDS - 1)) / seeds
     if pruner == "none" or len(batches) < 2:
         return 0.0, 0.0
     later = sum(batches[1:]) / sum(batches)
@@ -213,10 +269,15 @@ class Pruner:
     def __post_init__(self) -> None:
         PRUNERS.check(self.name, "pruner")
 
+    @property
+    def by_seed(self) -> bool:
+        """Whether it stops evaluations between their seeds (:data:`BY_SEED`) rather than between epochs."""
+        return self.name in BY_SEED
+
     def checks(self, references: Sequence[Reference], offset: int, size: int) -> list[PruneCheck | None]:
         """The checks of a batch of ``size`` evaluations whose indices start at ``offset``;
         ``None`` for each when nothing can be pruned (no pruner, or no earlier evaluation)."""
         refs = tuple(r for r in references if r.curve)
-        if self.name == "none" or not refs:
+        if self.name == "none" or self.by_seed or not refs:
             return [None] * size
         return [PruneCheck(self.name, self.epochs, refs, offset + i) for i in range(size)]
