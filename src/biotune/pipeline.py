@@ -473,7 +473,7 @@ def _outcome(session: Session, config: RunConfig, result: SearchResult, selectio
                 chosen=i == selection.chosen,
                 label=c.label,
                 dropped_at=c.dropped_at,
-                curve=c.runs[0].val_accuracies if selection.selected_by == "validation race" else (),
+                curve=c.runs[0].val_accuracies if selection.raced else (),
             )
             for i, c in enumerate(selection.candidates)
         ),

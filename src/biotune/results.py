@@ -12,7 +12,7 @@ from typing import Any
 
 from ._files import write_json
 from .models.blocks import Block
-from .search.final import FinalResult
+from .search.final import RACED, FinalResult
 
 __all__ = ["CandidateOutcome", "SearchStop", "SearchOutcome", "FinetuneOutcome"]
 
@@ -112,6 +112,11 @@ class SearchOutcome(_Record):
     @property
     def chosen(self) -> CandidateOutcome:
         return next(c for c in self.candidates if c.chosen)
+
+    @property
+    def raced(self) -> bool:
+        """Whether the final phase was a race (``--final race``)."""
+        return self.selected_by == RACED
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def _print_outcome(result, config, args) -> None:
           f"({len(result.blocks)} blocks, {config.model.granularity} granularity):")
     print(format_block_table(list(best.blocks)))
     print()
-    if best.selected_by == "validation race":
+    if best.raced:
         print(f"final race of the {best.strategy} search's top configurations and plain FT (one seed; a racer "
               "clearly behind the leader on validation is dropped), the best finisher on validation chosen:")
     else:
@@ -84,7 +84,7 @@ def _print_outcome(result, config, args) -> None:
         print(f"search stopped by                 : {stop.stopped_by} after {stop.generations_done} of "
               f"{stop.generations_planned} generations")
     study = "study.db" if args.storage is None else None
-    race = ", race.png, race/race.json" if best.selected_by == "validation race" else ""
+    race = ", race.png, race/race.json" if best.raced else ""
     print(f"outputs                           : {result.run_dir}/ (best.json, history.csv, heatmap.png, convergence.png"
           f"{race}{', ' + study if study else ''})")
     if study is None:

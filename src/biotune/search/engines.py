@@ -20,6 +20,7 @@ generation g trains on fold g mod n_folds, so at equal settings they cost the sa
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import Protocol, Sequence
 
@@ -243,10 +244,8 @@ class CmaEsSearch(OptunaSearch):
 
     def _draw(self, generation: int, slot: int) -> np.ndarray:
         if generation >= 1 and not isinstance(self.study.sampler, self._optuna.samplers.CmaEsSampler):
-            try:
-                import cmaes  # noqa: F401  (Optuna imports it lazily; fail here with the install line)
-            except ImportError as err:
-                raise BioTuneError("--strategy cmaes needs the `cmaes` package: pip install 'biotune[cmaes]'") from err
+            if importlib.util.find_spec("cmaes") is None:  # Optuna imports it lazily: fail here, with the fix
+                raise BioTuneError("--strategy cmaes needs the `cmaes` package: pip install 'biotune[cmaes]'")
             with warnings.catch_warnings():
                 # Optuna 4.9 deprecated x0 and sigma0 (removal planned for 6.0); their replacement,
                 # source_trials (WS-CMA-ES), needs 10 or more finished trials, more than a first batch.

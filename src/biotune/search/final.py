@@ -92,6 +92,9 @@ class FinalResult:
         return max(self.runs, key=lambda r: r.val_accuracy)
 
 
+RACED = "validation race"  # Selection.selected_by of a race (biotune.search.race)
+
+
 @dataclass(frozen=True)
 class Selection:
     """The final phase's outcome: every candidate's result and the one chosen on validation.
@@ -109,6 +112,11 @@ class Selection:
     @property
     def result(self) -> FinalResult:
         return self.candidates[self.chosen]
+
+    @property
+    def raced(self) -> bool:
+        """Whether the final phase was a race (``--final race``)."""
+        return self.selected_by == RACED
 
     @property
     def compute(self) -> Compute:

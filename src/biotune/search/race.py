@@ -36,7 +36,7 @@ from ..models.blocks import Block
 from ..training.executor import Executor
 from ..training.metrics import paired_gap
 from ..training.session import RunOutcome, RunRequest
-from .final import Selection, final_result, final_run, weights_name
+from .final import RACED, Selection, final_result, final_run, weights_name
 from .genome import decode, full_finetune_genome
 
 __all__ = ["RUNGS", "Z", "rung_epochs", "behind", "RaceLedger", "race", "FT_LABEL"]
@@ -207,4 +207,4 @@ def race(
         for i in finishers:
             if i != chosen:
                 (weights / weights_name(genes[i], seed)).unlink(missing_ok=True)
-    return Selection(results, chosen, selected_by="validation race")
+    return Selection(results, chosen, selected_by=RACED)
