@@ -96,3 +96,16 @@ def test_a_structured_configuration_maps_to_the_genome_it_describes(n_blocks):
             assert d.lrs[-1] == pytest.approx(10 ** (2 * (head - 0.5)))
             if frozen < n_blocks - 1:
                 assert d.lrs[-2] == pytest.approx(10 ** (2 * (body - 0.5)))
+
+
+def test_cmaes_without_its_package_names_the_install_line(monkeypatch):
+    import importlib.util
+
+    from biotune.errors import BioTuneError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a))
+    engine = make_engine("cmaes", N_BLOCKS, SEARCH, seed=0)
+    engine.tell([_fitness(c.genes) for c in engine.ask()])  # the first batch is the prior's: no CMA-ES yet
+    with pytest.raises(BioTuneError, match=r"pip install 'biotune\[cmaes\]'"):
+        engine.ask()
