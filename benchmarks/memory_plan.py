@@ -34,14 +34,15 @@ def _child(dataset: str, size: int, data: str, limit: str, threads: int) -> None
     runtime = RuntimeConfig(threads=threads, data_dir=data, memory_limit=limit or None)
     session = Session.prepare(ModelConfig("efficientnet_lite0"), DataConfig(dataset, image_size=size),
                               TrainConfig(epochs=1, patience=1, batch_size=64), n_folds=1, seed=0, runtime=runtime)
-    needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes)
+    # FT freezes no prefix, so it never fills the prefix cache: the plan of this job counts none
+    needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes, cache_bytes=0)
     refused = needs.problem()
     if refused and needs.batch_that_fits:  # what the refusal proposes, measured
         print(json.dumps({"refused": refused}), flush=True)
         session = Session.prepare(ModelConfig("efficientnet_lite0"), DataConfig(dataset, image_size=size),
                                   TrainConfig(epochs=1, patience=1, batch_size=needs.batch_that_fits), n_folds=1, seed=0,
                                   runtime=runtime)
-        needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes)
+        needs = memory_needs(session, runtime, 1, limit=runtime.memory_limit_bytes, cache_bytes=0)
     fitted = apply_fit(runtime, needs.fit)
     if fitted is not runtime:
         session.reconfigure(fitted)

@@ -357,7 +357,9 @@ def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = 
 def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int | None = None,
                  cache_bytes: int | None = None, profile: MemoryProfile | None = None) -> MemoryNeeds:
     """The memory figures of training on ``session`` with ``processes`` sessions on this machine,
-    fitted to ``limit`` bytes (all processes together; default: what is free now)."""
+    fitted to ``limit`` bytes (all processes together; default: what is free now). ``cache_bytes``: the
+    frozen-prefix cache to count (default: the runtime's budget; 0 for a job that freezes no leading
+    block, such as full fine-tuning, which never fills it)."""
     import psutil
 
     tuner = session.finetuner
