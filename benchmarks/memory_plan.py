@@ -65,6 +65,8 @@ def main() -> None:
                    help="also run the default `biotune search` on the photo folder (no limit, then --memory-limit 4G) "
                         "until N evaluations are stored (6: the quick preset's first generation), peak of its process tree")
     p.add_argument("--only-search", action="store_true", help="skip the fine-tuning arms")
+    p.add_argument("--search-limits", default=",4G", help="the searches' --memory-limit values, comma-separated "
+                                                           "('' for none; default: none, then 4G)")
     p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -92,7 +94,7 @@ def main() -> None:
               + (f" ({'; '.join(r['changes'])})" if r["changes"] else ""), flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    for limit in ("", "4G") if args.search else ():
+    for limit in args.search_limits.split(",") if args.search else ():
         name = f"search-photos{args.images}-224px{'-limit-' + limit if limit else ''}"
         run_dir = work / name
         cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(folder), "--image-size", "224",
