@@ -304,7 +304,9 @@ class TrainConfig(_Serialisable):
             raise BioTuneError(f"`metric` must be 'top1' or 'balanced', got {self.metric!r}")
 
 
-_WILCOXON_MIN_SEEDS = 5  # biotune.search.pruning.WILCOXON_MIN_SEEDS (settings sit below the search layer)
+#: Seeds per evaluation ``pruner='wilcoxon'`` needs: the exact one-sided Wilcoxon p-value over n paired seeds
+#: is at least 2^-n, under 0.1 from 4 on, so with fewer than 5 an evaluation could only stop after its last run.
+WILCOXON_MIN_SEEDS = 5
 
 #: The final phases a search can end with (:attr:`SearchConfig.final`).
 FINAL_PHASES = ("top-k", "race")
@@ -395,11 +397,11 @@ class SearchConfig(_Serialisable):
         if not isinstance(self.warm_start, bool):
             raise TypeError(f"`warm_start` must be a bool, got {self.warm_start!r}")
         PRUNERS.check(self.pruner, "pruner")
-        if self.pruner == "wilcoxon" and self.seeds < _WILCOXON_MIN_SEEDS:
+        if self.pruner == "wilcoxon" and self.seeds < WILCOXON_MIN_SEEDS:
             raise BioTuneError(
                 f"`pruner` 'wilcoxon' compares an evaluation's seeds one by one with the leader's and cannot stop "
-                f"one before its {_WILCOXON_MIN_SEEDS}th seed (p < 0.1 needs 4 paired seeds): use --seeds "
-                f"{_WILCOXON_MIN_SEEDS} or more, got {self.seeds}")
+                f"one before its {WILCOXON_MIN_SEEDS}th seed (p < 0.1 needs 4 paired seeds): use --seeds "
+                f"{WILCOXON_MIN_SEEDS} or more, got {self.seeds}")
         if self.final not in FINAL_PHASES:
             raise BioTuneError(f"`final` must be one of {', '.join(FINAL_PHASES)}, got {self.final!r}")
 

@@ -163,6 +163,7 @@ class OptunaSearch(_BatchSampler):
         self._optuna = optuna
         self.study = optuna.create_study(direction="minimize", sampler=self._sampler())
         self._names = [f"g{i:02d}" for i in range(n_blocks + 1)]
+        self._distributions = self._space()
         self._trials: list = []
 
     def _sampler(self):
@@ -187,12 +188,12 @@ class OptunaSearch(_BatchSampler):
     def _enqueue(self, params: dict | None) -> None:
         if params is not None:
             self.study.enqueue_trial(params)
-            self._trials.append(self.study.ask(self._space()))
+            self._trials.append(self.study.ask(self._distributions))
         else:
             self._trials.append(None)
 
     def ask(self) -> list[Candidate]:
-        if self._pending is None and self.generation == -1 and not self._trials:
+        if self._pending is None and self.generation == -1:
             # The warm start: enqueued and asked first (Optuna's queue is first in, first out), so
             # the trials stay in slot order and the sampler learns from these runs like any other.
             for genome in self.initial:
@@ -205,7 +206,7 @@ class OptunaSearch(_BatchSampler):
             self._enqueue(params)
             return genome
         for _ in range(_MAX_REDRAWS):
-            trial = self.study.ask(self._space())
+            trial = self.study.ask(self._distributions)
             genome = self._genome(trial.params)
             if is_valid(genome, head=self.head):
                 self._trials.append(trial)

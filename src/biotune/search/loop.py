@@ -317,10 +317,10 @@ def _answer_batch(batch, fold, evaluator, store, stored, listener, checks,
         raise
     for i, trial in trials.items():  # not started before the time limit: failed, evaluated on resume
         store.fail(trial, "not started: the time limit came first")
-    ran = {decode(r.candidate.array, 1.0).key(): r.evaluation.seeds for r in records if r is not None}
+    ran = {decode(r.candidate.array, 1.0).key(): r.evaluation.seeds for r in records if r is not None} if by_seed else {}
     for i, cand in enumerate(batch):
         # A repeat is answered with the runs its first asking got (fewer seeds when it was stopped between them).
-        its = ran.get(decode(cand.array, 1.0).key(), seeds[i]) if by_seed else seeds[i]
+        its = ran.get(decode(cand.array, 1.0).key(), seeds[i]) if ran else seeds[i]
         if records[i] is None and evaluator.is_memoised(cand.array, fold, its):
             records[i] = EvaluationRecord(cand, fold, evaluator.evaluate(cand.array, fold, seeds=its), "memo", None)
             listener.on_evaluation(records[i])

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .._registry import PRUNERS
+from ..config import WILCOXON_MIN_SEEDS
 from ..errors import BioTuneError
 
 __all__ = ["PRUNERS", "Pruner", "Reference", "PruneCheck", "make_pruner", "fitness_curve", "expected_saving",
@@ -73,9 +74,6 @@ def _hyperband(epochs: int):
 
 
 WILCOXON_P = 0.1  # Optuna's default threshold
-#: The exact one-sided Wilcoxon p-value over n paired seeds is at least 2^-n: under 0.1 from 4 on, so
-#: with fewer than 5 seeds an evaluation could only be stopped after its last run.
-WILCOXON_MIN_SEEDS = 5
 BY_SEED = ("wilcoxon",)  # pruners that stop an evaluation between its seeds, not between epochs
 
 
