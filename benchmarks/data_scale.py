@@ -227,14 +227,17 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
-def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations: int = 1) -> dict:
+def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations: int = 1,
+                memory_limit: str | None = None) -> dict:
     """Peak RSS of a `biotune search` process tree until its first ``evaluations`` evaluations are stored."""
-    run_dir = work / f"run40k-cache{cache_memory}"
+    run_dir = work / f"run40k-cache{cache_memory}-limit{memory_limit}"
     cmd = [sys.executable, "-m", "biotune", "search", "--dataset", str(dataset), "--image-size", "224",
            "--model", "test_efficientnet", "--weights", "random", "--preset", "quick", "--epochs", "1",
            "--threads", "2", "--run-dir", str(run_dir), "--no-progress"]
     if cache_memory != "auto":  # auto: the plan sizes the cache from --memory-limit's default
         cmd += ["--cache-memory", cache_memory]
+    if memory_limit:
+        cmd += ["--memory-limit", memory_limit]
     return tree_peak_until(cmd, _env(SRC, work / "data"), run_dir, evaluations)
 
 
@@ -279,6 +282,8 @@ def main() -> None:
                         help="only measure the 40,000-image search, with this --cache-memory ('auto': the planned default)")
     parser.add_argument("--search-evaluations", type=int, default=1,
                         help="with --search-cache-memory: measure until this many evaluations are stored")
+    parser.add_argument("--search-memory-limit", default=None,
+                        help="with --search-cache-memory: the search's --memory-limit (the plan then fits the cache to it)")
     parser.add_argument("--only", choices=("scale", "equivalence"), default=None,
                         help="run one part (default: both; results are merged into --out)")
     args = parser.parse_args()
@@ -297,7 +302,9 @@ def main() -> None:
         key = f"search40k/new/cache-memory-{args.search_cache_memory}"
         if args.search_evaluations > 1:
             key += f"/{args.search_evaluations}-evaluations"
-        report(key, search_peak(big, work, args.search_cache_memory, args.search_evaluations))
+        if args.search_memory_limit:
+            key += f"/memory-limit-{args.search_memory_limit}"
+        report(key, search_peak(big, work, args.search_cache_memory, args.search_evaluations, args.search_memory_limit))
         return
     if args.only != "scale":
         equivalence(old, work, report)

@@ -368,8 +368,8 @@ def profile_memory(tuner, sample: torch.Tensor, *, checkpointing: bool | None = 
 
 def refine_checkpointed(tuner, sample: torch.Tensor, profile: MemoryProfile, batch: int,
                         room: int) -> MemoryProfile:
-    """The checkpointed step re-measured at larger batches, doubling up to ``batch`` while the current
-    line says a probe fits in ``room`` bytes (the whole process).
+    """The checkpointed step re-measured at larger batches, doubling up to ``batch`` as far as the
+    current line says a probe fits in ``room`` bytes (the whole process).
 
     Why: on a CPU the checkpointed step's peak grows less than linearly with the batch (small
     tensors come from the C heap, which keeps what it freed; large ones are mapped and handed back
@@ -385,8 +385,10 @@ def refine_checkpointed(tuner, sample: torch.Tensor, profile: MemoryProfile, bat
     fixed, per_image = profile.ckpt_fixed or 0, profile.ckpt_per_image
     at_high = None
     while high < batch:
-        nxt = min(2 * high, batch)
-        if profile.base + fixed + per_image * nxt > room:
+        # the next probe: double, or the largest batch that the current line says fits (a quarter up at least)
+        fits = (room - profile.base - fixed) // max(1, per_image)
+        nxt = min(2 * high, batch, fits)
+        if nxt < high + max(1, high // 4):
             break
         with _probing(tuner, sample, nxt) as (step, _):
             at_high = at_high if at_high is not None else _measure(lambda: step(high, True), tuner.device)
