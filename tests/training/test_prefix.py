@@ -12,11 +12,11 @@ from biotune.training.prefix import bypass
 from biotune.training.trainer import FineTuner, TrainerOptions
 
 
-def _tuner(name: str, cache_memory: int, *, granularity: str = "stage") -> FineTuner:
+def _tuner(name: str, cache_memory: int, *, granularity: str = "stage", checkpointing: bool = False) -> FineTuner:
     pm = build_model(name, 4, weights="random", seed=0)
     blocks = partition_model(pm.model, granularity)
     return FineTuner(pm.model, blocks, TrainConfig(epochs=3, patience=3, batch_size=16), torch.device("cpu"),
-                     TrainerOptions(cache_memory=cache_memory))
+                     TrainerOptions(cache_memory=cache_memory, grad_checkpointing=checkpointing))
 
 
 def _data(n: int = 96, size: int = 32):
@@ -26,13 +26,15 @@ def _data(n: int = 96, size: int = 32):
     return x, y
 
 
-@pytest.mark.parametrize(("name", "granularity"), [("test_efficientnet", "stage"), ("test_resnet", "stage"),
-                                                   ("test_resnet", "block")])
-def test_cached_run_equals_uncached_run(name, granularity):
+@pytest.mark.parametrize(("name", "granularity", "checkpointing"), [
+    ("test_efficientnet", "stage", False), ("test_resnet", "stage", False), ("test_resnet", "block", False),
+    # timm's checkpointing runs a stage's blocks one by one (checkpoint_seq, flattened), not the stage's forward
+    ("test_efficientnet", "stage", True), ("test_efficientnet", "block", True), ("test_resnet", "stage", True)])
+def test_cached_run_equals_uncached_run(name, granularity, checkpointing):
     x, y = _data()
     xv, yv = _data(40)
     index = torch.arange(0, len(x), 2)
-    cached, plain = _tuner(name, 2**30, granularity=granularity), _tuner(name, 0, granularity=granularity)
+    cached, plain = (_tuner(name, memory, granularity=granularity, checkpointing=checkpointing) for memory in (2**30, 0))
     n = len(cached.blocks)
     for frozen in (1, n // 2, n - 1):
         lrs = [0.0] * frozen + [1e-3] * (n - frozen)
@@ -94,8 +96,23 @@ def test_bypass_restores_the_model():
     cut = tuner.cache.cut_at(2, x)
     with bypass(model, cut):
         assert set(model.state_dict()) == keys
-    assert all("forward" not in dict(model.named_modules())[n].__dict__ for n in cut.bypassed)
+    assert all("forward" not in m.__dict__ for m in model.modules())
     torch.testing.assert_close(model(x), before)
+
+
+def test_a_cut_traced_without_checkpointing_holds_with_it():
+    """The plan times frozen-prefix runs on a copy with checkpointing on (a memory limit chose it) with
+    cuts the cache traced on the model without: the stage's blocks must be bypassed too."""
+    tuner = _tuner("test_efficientnet", 2**30)
+    x, _ = _data(4)
+    model = tuner.model.eval()
+    before = model(x)
+    cut = tuner.cache.cut_at(3, x)
+    assert any(name.count(".") == 1 for name in cut.bypassed)  # a whole stage (blocks.N) is bypassed
+    features = tuner.cache.features(cut, x)
+    model.set_grad_checkpointing(True)
+    with bypass(model, cut):
+        torch.testing.assert_close(model(features), before)
 
 
 @pytest.mark.parametrize(("text", "expected"), [("2G", 2**31), ("512M", 2**29), ("0", 0), ("1.5k", 1536), (10, 10)])

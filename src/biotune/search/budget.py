@@ -16,7 +16,7 @@ from ..config import RunConfig, RuntimeConfig
 from ..errors import BioTuneError
 from ..training.estimate import Estimate, Speed, estimate_runs, format_seconds, measure_speed, rounds
 from ..training.executor import parallel_runs, run_threads
-from ..training.memory import memory_needs
+from ..training.memory import apply_fit, memory_needs
 from ..training.session import Session
 from .evolution import batch_sizes
 from .genome import leading_frozen_distribution
@@ -37,7 +37,9 @@ def estimate_search(session: Session, config: RunConfig, runtime: RuntimeConfig,
     remote = runtime.executor == "ray" and runtime.ray_address is not None
     sessions = 1 if (runtime.executor == "local" and workers == 1) or remote else 1 + workers  # on this machine
     memory = memory_needs(session, runtime, sessions, limit=runtime.memory_limit_bytes)
-    speed = speed or measure_speed(session, runtime, threads=threads,
+    # timed with what a memory limit chose: plain steps of the full batch would break the limit here
+    # (Lite0 at 224 px under --memory-limit 4G: 6.0 GB) and time the runs at the wrong speed
+    speed = speed or measure_speed(session, apply_fit(runtime, memory.fit), threads=threads,
                                    leading_frozen=leading_frozen_distribution(len(session.blocks),
                                                                               head=config.search.train_head))
     local_cpu = device == "cpu" and not (runtime.executor == "ray" and runtime.ray_address)

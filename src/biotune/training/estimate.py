@@ -137,7 +137,9 @@ def format_seconds(seconds: float) -> str:
 
 def measure_speed(session: Session, runtime: RuntimeConfig, *, steps: int = 3, threads: int | None = None,
                   leading_frozen: dict[int, float] | None = None) -> Speed:
-    """Time ``steps`` training steps of full fine-tuning and one evaluation batch, after a warm-up.
+    """Time ``steps`` training steps of full fine-tuning and one evaluation batch, after a warm-up,
+    with ``runtime``'s gradient checkpointing and evaluation batch (what a memory limit chose, so
+    that the measurement keeps to the limit too and times the runs as they will train).
 
     Works on a copy of the session's model, so the session is left as it was. Full
     fine-tuning is the dearest step a run can take: every block trains. ``threads``: the
@@ -158,10 +160,12 @@ def measure_speed(session: Session, runtime: RuntimeConfig, *, steps: int = 3, t
 def _measure(session: Session, runtime: RuntimeConfig, steps: int, leading_frozen: dict[int, float] | None) -> Speed:
     tuner = session.finetuner
     model = copy.deepcopy(tuner.model).train()
+    if hasattr(model, "set_grad_checkpointing"):  # as the runs will train: a memory limit may have chosen it
+        model.set_grad_checkpointing(runtime.grad_checkpointing)
     device = tuner.device
     x, y = session.splits.x_train, session.splits.y_train
     batch = min(tuner.batch_size, len(x))
-    eval_batch = min(tuner.eval_batch_size, len(session.splits.x_val))
+    eval_batch = min(runtime.eval_batch_size or tuner.eval_batch_size, len(session.splits.x_val))
     xb, yb = x[:batch], y[:batch]
     xv = session.splits.x_val[:eval_batch]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)

@@ -68,8 +68,11 @@ def bypass(model: nn.Module, cut: Cut | None) -> Iterator[None]:
     if cut is None or not cut.bypassed:
         yield
         return
+    # The whole subtree, not only the top-most modules: timm's gradient checkpointing runs a stage's
+    # blocks one by one (``checkpoint_seq(..., flatten=True)``), never the stage's own forward, so a
+    # cut traced without checkpointing must still hold with it (and the other way round).
     modules = dict(model.named_modules())
-    shadowed = [modules[name] for name in cut.bypassed]
+    shadowed = list({id(m): m for name in cut.bypassed for m in modules[name].modules()}.values())
     for module in shadowed:
         module.forward = _passthrough
     try:
