@@ -4,8 +4,9 @@ The per-process figure is **measured**, not derived from layer sizes: with the s
 one training step of full fine-tuning (the dearest case: every block trains, gradients of every
 weight) and one evaluation pass run at two small batch sizes, and the process's peak (resident
 memory via ``VmHWM``, reset through ``/proc/self/clear_refs``; on CUDA ``max_memory_allocated``)
-gives what a step costs per image and in fixed overhead (:func:`profile_memory`). A run's peak is
-then
+gives what a step costs per image and in fixed overhead (:func:`profile_memory`); when a limit
+needs gradient checkpointing, the checkpointed step is measured again at doubling batches up to the
+run's (:func:`refine_checkpointed`: on a CPU it grows less than linearly). A run's peak is then
 
     now (the process as prepared: runtime, model, its pristine copy, the mapped data)
     + Adam's two moments and the best epoch's weights (3 × the weights)
@@ -41,8 +42,8 @@ from ..config import RuntimeConfig
 from ..errors import BioTuneError
 from .peak import device_peak, ram_peak, reset_peaks, resident
 
-__all__ = ["MemoryNeeds", "MemoryProfile", "MemoryFit", "apply_fit", "memory_needs", "profile_memory", "refine_checkpointed", "fit_memory",
-           "format_bytes"]
+__all__ = ["MemoryNeeds", "MemoryProfile", "MemoryFit", "apply_fit", "memory_needs", "profile_memory",
+           "refine_checkpointed", "fit_memory", "format_bytes"]
 
 RUNTIME_BYTES = 600 * 2**20  # Python with torch, timm and the libraries loaded (measured: 0.5-0.6 GB RSS)
 OPTIMIZER_COPIES = 3  # Adam's two moments and the best epoch's weights, each the size of the weights
