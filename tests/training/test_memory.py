@@ -81,6 +81,27 @@ def test_the_checkpointed_step_is_remeasured_up_to_the_batch_while_a_probe_fits(
     assert refine_checkpointed(tuner, sample, profile, 32, room=profile.base) is profile
 
 
+def test_a_run_that_checkpoints_is_planned_on_its_checkpointed_step(monkeypatch):
+    import biotune.training.memory as memory
+
+    runtime = RuntimeConfig(grad_checkpointing=True, cache_memory="0")
+    session = Session.prepare(ModelConfig(name="test_efficientnet", weights="random"),
+                              DataConfig(dataset="digits", image_size=32), TrainConfig(epochs=1, batch_size=32),
+                              n_folds=1, seed=0, runtime=runtime)
+    seen, refine = [], memory.refine_checkpointed
+
+    def spy(*args, **kwargs):
+        seen.append(refine(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(memory, "refine_checkpointed", spy)
+    needs = memory_needs(session, runtime, 1, limit=64 * GB)  # no limit binds: the run checkpoints as asked
+    if not needs.measured:
+        pytest.skip("this kernel refuses to reset the peak: the figures are estimates")
+    assert len(seen) == 1 and seen[0].ckpt_probe == 32
+    assert needs.fit.grad_checkpointing and needs.fit.peak == seen[0].peak(32, needs.fit.eval_batch, True, 0)
+
+
 def test_a_limit_too_small_exits_2_names_the_minimum_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["search", "--model", "test_efficientnet", "--weights", "random", "--image-size", "16",

@@ -421,7 +421,8 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     cache = min(runtime.cache_bytes if cache_bytes is None else cache_bytes, 3 * float_copy)
     sample = t.x_val[:8]
     given = profile is not None
-    profile = profile or profile_memory(tuner, sample, checkpointing=False)
+    asked_ckpt = bool(tuner.options.grad_checkpointing)
+    profile = profile or profile_memory(tuner, sample, checkpointing=asked_ckpt)
     ram_available = int(psutil.virtual_memory().available)
     device_available = int(torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else None
     available = device_available if device.type == "cuda" else ram_available
@@ -431,16 +432,16 @@ def memory_needs(session, runtime: RuntimeConfig, processes: int, *, limit: int 
     # a share of the budget kept for what the plan does not see (MARGIN)
     per_process = None if budget is None else int(MARGIN * budget) // max(1, processes)
     batch = tuner.batch_size
-    asked = dict(batch=batch, eval_batch=tuner.eval_batch_size, cache=cache,
-                 checkpointing=bool(tuner.options.grad_checkpointing))
+    asked = dict(batch=batch, eval_batch=tuner.eval_batch_size, cache=cache, checkpointing=asked_ckpt)
     fit = None if per_process is None else fit_memory(profile, per_process, **asked)
     if not given and per_process is not None and (fit is None or fit.changes) and profile.ckpt_per_image is None:
         # the limit binds: measure the checkpointed step too, which a fit may then choose
         profile = profile_memory(tuner, sample, checkpointing=True)
         fit = fit_memory(profile, per_process, **asked)
-        if fit is None or fit.grad_checkpointing:  # the line through small batches overstates it: measure closer
-            profile = refine_checkpointed(tuner, sample, profile, batch, budget)
-            fit = fit_memory(profile, per_process, **asked)
+    if not given and (asked_ckpt or (per_process is not None and (fit is None or fit.grad_checkpointing))):
+        # the run checkpoints, or may have to: the line through small batches overstates it, measure closer
+        profile = refine_checkpointed(tuner, sample, profile, batch, budget)
+        fit = None if per_process is None else fit_memory(profile, per_process, **asked)
     can_ckpt = profile.ckpt_per_image is not None
     least = int(profile.peak(batch, 1, can_ckpt, 0) * processes / MARGIN)
     smaller = None
