@@ -288,9 +288,8 @@ class PrefixCache:
         return out
 
     def _compute(self, cut: Cut, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        # Filled batch by batch into one tensor: concatenating a list of the batches' outputs held
-        # the entry twice while it was built (a 40,000-image search under --memory-limit 3G peaked
-        # at 3.6 GB with a 1 GB cache the plan counted once).
+        # Filled batch by batch into one tensor: concatenating a list of the batches' outputs holds
+        # both at once at the moment of the concatenation.
         out = None
         for i in range(0, len(x), batch_size):
             part = self._capture(cut, x[i : i + batch_size])
