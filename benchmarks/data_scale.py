@@ -217,14 +217,21 @@ def _synthetic(path: Path, n: int, classes: int, side: int, seed: int = 0) -> Pa
     return path
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_rss(pid: int) -> dict[int, int]:
+    """Resident memory of each process of the tree under ``pid`` (empty once it is gone)."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+        out = {}
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                out[p.pid] = p.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
     except psutil.Error:
-        return 0
+        return {}
 
 
 def search_peak(dataset: Path, work: Path, cache_memory: str = "2G", evaluations: int = 1,
@@ -249,11 +256,21 @@ def tree_peak_until(cmd: list[str], env: dict, run_dir: Path, evaluations: int) 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak, first = 0, None
+    per_process: dict[int, int] = {}  # each process's own peak: which one carries the tree's
+    timeline: list[list] = []  # [seconds, tree RSS]: the peak of each 10 s, to see which phase sets it
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        peak = max(peak, _tree_rss(proc.pid))
+        sample = _tree_rss(proc.pid)
+        tree = sum(sample.values())
+        peak = max(peak, tree)
+        for pid, rss in sample.items():
+            per_process[pid] = max(per_process.get(pid, 0), rss)
+        now = time.perf_counter() - start
+        if not timeline or now >= timeline[-1][0] + 10:
+            timeline.append([10 * int(now // 10), tree])
+        timeline[-1][1] = max(timeline[-1][1], tree)
         db = run_dir / "study.db"
         if db.is_file():
             try:
@@ -270,7 +287,8 @@ def tree_peak_until(cmd: list[str], env: dict, run_dir: Path, evaluations: int) 
     if first is None:
         raise RuntimeError(f"the search ended before {evaluations} evaluation(s):\n" + "".join(lines[-40:]))
     return {"peak_tree_rss": peak, "evaluations": evaluations, "seconds_to_first_evaluation" if evaluations == 1
-            else "seconds": first, "plan": [line.strip() for line in lines if line.startswith("memory")]}
+            else "seconds": first, "plan": [line.strip() for line in lines if line.startswith("memory")],
+            "peak_per_process": sorted(per_process.values(), reverse=True), "timeline": timeline}
 
 
 def main() -> None:

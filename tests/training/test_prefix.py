@@ -150,3 +150,26 @@ def test_disk_tier_is_exact_and_reused(tmp_path):
     again = second.run(lrs, (x, y), (xv, yv), seed=4)
     assert second.cache.misses == 0 and again.val_accuracies == expected.val_accuracies
 
+
+
+def test_a_fold_of_cached_features_is_gathered_per_batch_and_filled_at_the_evaluation_batch():
+    """A fold is read from the cache entry batch by batch (no fold-sized copy beside the entry), and the
+    entry is filled in passes of the evaluation's batch, which the memory plan bounds."""
+    from biotune.training.trainer import _rows
+
+    x, y = _data()
+    index = torch.arange(0, len(x), 3)
+    rows = _rows(x, index, torch.device("cpu"))
+    assert len(rows) == len(index) and rows.base.data_ptr() == x.data_ptr()
+    order = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))[:10]
+    assert torch.equal(rows[order], x[index][order])
+
+    pm = build_model("test_efficientnet", 4, weights="random", seed=0)
+    tuner = FineTuner(pm.model, partition_model(pm.model), TrainConfig(epochs=1, batch_size=16), torch.device("cpu"),
+                      TrainerOptions(cache_memory=2**30, eval_batch_size=8))
+    seen = []
+    capture = tuner.cache._capture
+    tuner.cache._capture = lambda cut, xb: seen.append(len(xb)) or capture(cut, xb)
+    n = len(tuner.blocks)
+    result = tuner.run([0.0] * 3 + [1e-3] * (n - 3), (x, y), (x[:40], y[:40]), seed=0, train_index=index)
+    assert result.prefix_depth == 3 and max(seen) == 8 and sum(seen) >= len(x) + 40

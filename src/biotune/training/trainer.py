@@ -34,10 +34,37 @@ __all__ = ["TrainResult", "FineTuner", "TrainerOptions", "eval_batch_size"]
 
 logger = logging.getLogger(__name__)
 
-def _rows(x, index: torch.Tensor):
-    """Rows ``index`` of the training images: a lazy subset of uint8 images, a gather of a tensor."""
+class _Rows:
+    """Rows ``index`` of a tensor, gathered batch by batch (``rows[idx]`` is ``base[index[idx]]``).
+
+    Why: a fold of the frozen-prefix cache gathered at once is a copy of the fold's share of the
+    entry (half the entry with 2 folds) beside the entry itself, which the cache keeps; gathered
+    per batch, the run holds one batch more. The rows, and so the training, are the same.
+    """
+
+    def __init__(self, base: torch.Tensor, index: torch.Tensor) -> None:
+        self.base, self.index = base, index.to(base.device)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return self.base[self.index[idx]]
+
+    def to(self, device, non_blocking: bool = False) -> "_Rows":
+        if torch.device(device) != self.base.device:
+            return _Rows(self.base.to(device, non_blocking=non_blocking), self.index)
+        return self
+
+
+def _rows(x, index: torch.Tensor, device: torch.device):
+    """Rows ``index`` of the training images: a lazy subset of uint8 images or of a tensor already on
+    ``device`` (cached prefix features), else a gather of the tensor (e.g. features mapped from disk,
+    moved to the device afterwards: the fold only)."""
     if isinstance(x, DeviceImages):
         return x.subset(index)
+    if x.device == device:
+        return _Rows(x, index)
     return x[index.to(x.device)]
 
 
@@ -407,13 +434,16 @@ class FineTuner:
         if run.regime.init_state is not None:
             self.model.load_state_dict(run.regime.init_state)
         if cut is not None:
-            cached = self.cache.features(cut, x_train), self.cache.features(cut, x_val)
+            # filled in batches of the evaluation's size: the prefix's pass is at most an evaluation pass,
+            # which the memory plan bounds (a fixed 256 overshot a 3 GB limit at 224 px)
+            cached = (self.cache.features(cut, x_train, self.eval_batch_size),
+                      self.cache.features(cut, x_val, self.eval_batch_size))
             if cached[0] is None or cached[1] is None:
                 cut = None
             else:
                 x_train, x_val = cached
         if run.train_index is not None:
-            x_train, y_train = _rows(x_train, run.train_index), y_train[run.train_index]
+            x_train, y_train = _rows(x_train, run.train_index, self.device), y_train[run.train_index]
         # Features cached on disk are memory-mapped CPU tensors: read once per run.
         x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
         return x_train, y_train, x_val, cut
