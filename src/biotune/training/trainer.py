@@ -435,7 +435,7 @@ class FineTuner:
             self.model.load_state_dict(run.regime.init_state)
         if cut is not None:
             # filled in batches of the evaluation's size: the prefix's pass is at most an evaluation pass,
-            # which the memory plan bounds (a fixed 256 overshot a 3 GB limit at 224 px)
+            # which the memory plan bounds (a fixed 256 images was not in the plan)
             cached = (self.cache.features(cut, x_train, self.eval_batch_size),
                       self.cache.features(cut, x_val, self.eval_batch_size))
             if cached[0] is None or cached[1] is None:
