@@ -444,7 +444,8 @@ class FineTuner:
                 x_train, x_val = cached
         if run.train_index is not None:
             x_train, y_train = _rows(x_train, run.train_index, self.device), y_train[run.train_index]
-        # Features cached on disk are memory-mapped CPU tensors: read once per run.
+        # Features cached on disk are memory-mapped CPU tensors: on a GPU the fold is read once per run
+        # and moved; on the CPU its rows are read batch by batch (from the page cache after the first epoch).
         x_train, x_val = x_train.to(self.device, non_blocking=True), x_val.to(self.device, non_blocking=True)
         return x_train, y_train, x_val, cut
 
