@@ -9,7 +9,7 @@ from biotune.config import TrainConfig, parse_memory
 from biotune.models.blocks import partition_model
 from biotune.models.build import build_model
 from biotune.training.prefix import bypass
-from biotune.training.trainer import FineTuner, TrainerOptions
+from biotune.training.trainer import FineTuner, TrainerOptions, _rows
 
 
 def _tuner(name: str, cache_memory: int, *, granularity: str = "stage", checkpointing: bool = False) -> FineTuner:
@@ -151,12 +151,9 @@ def test_disk_tier_is_exact_and_reused(tmp_path):
     assert second.cache.misses == 0 and again.val_accuracies == expected.val_accuracies
 
 
-
 def test_a_fold_of_cached_features_is_gathered_per_batch_and_filled_at_the_evaluation_batch():
     """A fold is read from the cache entry batch by batch (no fold-sized copy beside the entry), and the
     entry is filled in passes of the evaluation's batch, which the memory plan bounds."""
-    from biotune.training.trainer import _rows
-
     x, y = _data()
     index = torch.arange(0, len(x), 3)
     rows = _rows(x, index, torch.device("cpu"))
